@@ -1,0 +1,1 @@
+"""land_gui.viewers"""
