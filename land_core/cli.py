@@ -8,6 +8,7 @@ problem, with exit status 2, never as a traceback. Set ``LAND_DEBUG=1`` to see t
 from __future__ import annotations
 
 import argparse
+import importlib
 import json
 import logging
 import os
@@ -103,7 +104,11 @@ def _add_info(sub: argparse._SubParsersAction) -> None:
 
 
 # ----------------------------------------------------------------------------- main
-_REGISTRARS: list[Callable[[argparse._SubParsersAction], None]] = [_add_phantom, _add_manifest, _add_info, __import__("land_core.data.lidc", fromlist=["register_cli"]).register_cli]
+_REGISTRARS: list[Callable[[argparse._SubParsersAction], None]] = [_add_phantom, _add_manifest, _add_info]
+
+#: Modules that add their own sub-commands: each defines ``register_cli(subparsers)``.
+#: (Append a module here to add its commands; importing it stays lazy until `land` runs.)
+_COMMAND_MODULES: list[str] = []
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -116,6 +121,8 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     for register in _REGISTRARS:
         register(sub)
+    for module in _COMMAND_MODULES:
+        importlib.import_module(module).register_cli(sub)
     return parser
 
 
