@@ -13,7 +13,7 @@ Layout::
 
 ``manifest.json``::
 
-    {"format": "land-dataset/1", "created": "...", "source": "...", "n_cases": 2,
+    {"format": "land-dataset/1", "software": "land-studio 0.1.0", "source": "...", "n_cases": 2,
      "cases": [{"id": "phantom_s0000", "ct": "phantom_s0000/ct.nii.gz", "lungs": ...,
                 "nodules": ..., "condition": ..., "info": "phantom_s0000/case.json",
                 "n_nodules": 3, "textures": [1, 4, 5]}, ...]}
@@ -24,7 +24,6 @@ Paths are relative to the manifest's folder. All four images of a case share one
 
 from __future__ import annotations
 
-import datetime as _dt
 import json
 import os
 from dataclasses import dataclass, field
@@ -165,7 +164,10 @@ def write_case(
 
 def write_manifest(root: str | os.PathLike, entries: Iterable[dict | str], *, source: str = "") -> Path:
     """Write ``root/manifest.json`` listing ``entries`` (from :func:`write_case`, or case ids whose
-    folders hold the standard file names). Returns the manifest path."""
+    folders hold the standard file names). Returns the manifest path.
+
+    The manifest holds no time stamp or absolute path, so the same data gives the same bytes.
+    """
     root = Path(root)
     cases = []
     for e in entries:
@@ -178,7 +180,6 @@ def write_manifest(root: str | os.PathLike, entries: Iterable[dict | str], *, so
         raise ManifestError(root / MANIFEST_NAME, [f"case id {d!r} appears more than once" for d in dupes])
     doc = {
         "format": MANIFEST_FORMAT,
-        "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
         "software": f"land-studio {__version__}",
         "source": source,
         "n_cases": len(cases),
