@@ -108,7 +108,7 @@ _REGISTRARS: list[Callable[[argparse._SubParsersAction], None]] = [_add_phantom,
 
 #: Modules that add their own sub-commands: each defines ``register_cli(subparsers)``.
 #: (Append a module here to add its commands; importing it stays lazy until `land` runs.)
-_COMMAND_MODULES: list[str] = []
+_COMMAND_MODULES: list[str] = ["land_core.data.lidc", "land_core.data.lungs"]
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -134,7 +134,18 @@ def main(argv: Sequence[str] | None = None) -> int:
         format="%(levelname)s: %(message)s",
     )
     try:
-        return int(args.func(args) or 0)
+        status = int(args.func(args) or 0)
+        sys.stdout.flush()  # a closed pipe shows here, inside the handler, not at interpreter exit
+        return status
+    except BrokenPipeError:
+        # the reader went away (`land lidc inspect ... | head`): stop quietly, as `cat` does. Point
+        # stdout at devnull so that Python's flush at exit does not raise (and print) again.
+        try:
+            devnull = os.open(os.devnull, os.O_WRONLY)
+            os.dup2(devnull, sys.stdout.fileno())
+        except (OSError, ValueError, AttributeError):  # stdout replaced by an object without a file
+            pass
+        return 141  # 128 + SIGPIPE, what a shell reports for a command stopped by a closed pipe
     except LandError as exc:
         if os.environ.get("LAND_DEBUG"):
             raise

@@ -83,9 +83,26 @@ class Manifest:
         return len(self.cases)
 
 
-def _nodule_stats(ct: Volume, nodules: Volume, info_nodules: list[dict], specs: Sequence[NoduleSpec] | None) -> list[dict]:
-    """Per-nodule HU statistics: from the specs when given, else from connected components."""
+def _nodule_stats(
+    ct: Volume,
+    nodules: Volume,
+    info_nodules: list[dict],
+    specs: Sequence[NoduleSpec] | None,
+    labels: np.ndarray | None = None,
+) -> list[dict]:
+    """Per-nodule HU statistics: from ``labels`` (nodule i is label i + 1) or the specs when given,
+    else from the nodule map's connected components."""
     out = [dict(n) for n in info_nodules]
+    if labels is not None:
+        from scipy import ndimage
+
+        if labels.shape != ct.shape:
+            raise LandError(f"the nodule label map has shape {labels.shape}, the CT {ct.shape}")
+        boxes = ndimage.find_objects(labels if labels.dtype.kind in "iu" else labels.astype(np.int64), max_label=len(out)) if out else []
+        for i, (entry, box) in enumerate(zip(out, boxes), start=1):
+            values = ct.array[box][labels[box] == i] if box is not None else np.zeros(0)
+            entry["hu"] = hu_summary(values)
+        return out
     if specs:
         if out and len(out) != len(specs):
             raise LandError(f"case info lists {len(out)} nodules but {len(specs)} nodule specs were given")
@@ -127,17 +144,29 @@ def write_case(
     nodules: Volume,
     info: dict,
     nodule_specs: Sequence[NoduleSpec] | None = None,
+    nodule_labels: Volume | np.ndarray | None = None,
 ) -> dict:
     """Write one case (CT, lungs, nodules, condition, case.json) atomically; return its manifest entry.
 
     ``info`` goes into case.json with the geometry, the HU bin edges and, per nodule, HU statistics
-    and a histogram (from ``nodule_specs`` when given, else from the nodule map's connected
-    components). The condition is the ``nodule_lung_texture`` encoding of lungs and nodules.
+    and a histogram: from ``nodule_labels`` when given (a label map on the CT grid in which nodule i
+    of ``info["nodules"]`` has label i + 1 -- for nodules whose voxels are known, e.g. LIDC
+    consensus masks, including ones left out of the texture map), else from ``nodule_specs``, else
+    from the nodule map's connected components. The condition is the ``nodule_lung_texture``
+    encoding of lungs and nodules. case.json is written last, so a case folder with a case.json is
+    complete. Nodules whose ``texture`` is None are listed in case.json but not in the entry's
+    ``textures``.
     """
     case_dir = Path(case_dir)
     for name, vol in (("lungs", lungs), ("nodules", nodules)):
         if not ct.same_grid(vol):
             raise LandError(f"{case_dir.name}: the {name} mask is not on the CT's grid")
+    if isinstance(nodule_labels, Volume):
+        if not ct.same_grid(nodule_labels):
+            raise LandError(f"{case_dir.name}: the nodule label map is not on the CT's grid")
+        nodule_labels = nodule_labels.array
+    if nodule_labels is not None and np.shape(nodule_labels) != ct.shape:
+        raise LandError(f"{case_dir.name}: the nodule label map has shape {np.shape(nodule_labels)}, the CT {ct.shape}")
     ct.check_finite(f"{case_dir.name} CT")
     condition = encode_condition(lungs, nodules)
     case_dir.mkdir(parents=True, exist_ok=True)
@@ -150,13 +179,14 @@ def write_case(
     doc.setdefault("case_id", case_dir.name)
     doc["geometry"] = ct.geometry()
     doc["hu_bin_edges"] = HU_BIN_EDGES.tolist()
-    doc["nodules"] = _nodule_stats(ct_i16, nodules, list(info.get("nodules", [])), nodule_specs)
+    doc["nodules"] = _nodule_stats(ct_i16, nodules, list(info.get("nodules", [])), nodule_specs,
+                                   None if nodule_labels is None else np.asarray(nodule_labels))
     lung_vals = ct_i16.array[(lungs.array > 0) & (nodules.array == 0)]
     doc["lungs"] = {"voxels": int(lung_vals.size),
                     "median_hu": float(np.median(lung_vals)) if lung_vals.size else None}
     doc["synthetic"] = bool(info.get("synthetic", False))
     write_json_atomic(case_dir / CASE_FILES["info"], doc)
-    textures = sorted(int(n["texture"]) for n in doc["nodules"] if "texture" in n)
+    textures = sorted(int(n["texture"]) for n in doc["nodules"] if n.get("texture") is not None)
     entry = {"id": doc["case_id"], **{k: f"{case_dir.name}/{v}" for k, v in CASE_FILES.items()},
              "n_nodules": len(doc["nodules"]), "textures": textures}
     return entry

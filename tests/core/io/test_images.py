@@ -89,3 +89,13 @@ def test_read_mask_checks_grid(tmp_path, ct_volume):
     small = Volume(np.zeros((3, 3, 3), np.uint8))
     with pytest.raises(ImageFileError, match="does not match the image grid"):
         read_mask(path, like=small)
+
+
+def test_written_files_get_ordinary_permissions(tmp_path, ct_volume):
+    path = write_volume(ct_volume, tmp_path / "ct.nrrd")
+    umask = os.umask(0o022)
+    os.umask(umask)
+    assert path.stat().st_mode & 0o777 == 0o666 & ~umask
+    os.chmod(path, 0o640)
+    write_volume(ct_volume, path)
+    assert path.stat().st_mode & 0o777 == 0o640
