@@ -414,8 +414,11 @@ def _renumber(session: ReadingSession, reader: int) -> ReadingSession:
 def merge_series(parsed: Iterable[LidcSeriesAnnotations]) -> dict[str, LidcSeriesAnnotations]:
     """Merge the files of each series (some LIDC series have several XML files), keyed by series UID.
 
-    The reading sessions of all files of a series are concatenated and renumbered; a session that is
-    an exact copy of one already seen (the same file shipped twice) is dropped with a note.
+    The reading sessions of all files of a series are concatenated and renumbered. A session that
+    is an exact copy of a non-empty session from an *earlier file* of the series (the same file
+    shipped twice) is dropped with a note. Sessions within one file are never dropped: two readers
+    who marked nothing, or marked the same thing, are still two readers, and the agreement level
+    of the consensus masks depends on counting them.
     """
     out: dict[str, LidcSeriesAnnotations] = {}
     seen: dict[str, set[str]] = {}
@@ -427,16 +430,19 @@ def merge_series(parsed: Iterable[LidcSeriesAnnotations]) -> dict[str, LidcSerie
         merged = out[uid]
         merged.sources.extend(item.sources)
         merged.notes.extend(item.notes)
+        this_file: set[str] = set()
         for session in item.readers:
             fp = _session_fingerprint(session)
-            if fp in seen[uid]:
+            empty = not (session.nodules or session.small_nodules or session.non_nodules)
+            if not empty and fp in seen[uid]:
                 merged.notes.append(
-                    f"{', '.join(map(str, item.sources))}: reader {session.reader + 1} repeats an earlier "
-                    "reading session of this series; dropped"
+                    f"{', '.join(map(str, item.sources))}: reader {session.reader + 1} repeats a reading "
+                    "session of an earlier file of this series; dropped"
                 )
                 continue
-            seen[uid].add(fp)
+            this_file.add(fp)
             merged.readers.append(_renumber(session, len(merged.readers)))
+        seen[uid] |= this_file
         if merged.study_instance_uid is None:
             merged.study_instance_uid = item.study_instance_uid
     return out

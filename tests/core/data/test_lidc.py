@@ -278,8 +278,17 @@ def test_several_files_for_one_series_merge(tmp_path):
     assert [r.radiologist_id for r in series.readers] == ["0", "1", "2", "3"]
     assert [n.reader for n in series.nodules] == [0, 1, 2, 3]
     assert len(series.sources) == 3
-    assert sum("repeats an earlier reading session" in n for n in series.notes) == 2
+    assert sum("repeats a reading session of an earlier file" in n for n in series.notes) == 2
     assert len(merged["1.2.3.999"].readers) == 1
+
+
+def test_identical_readers_within_one_file_are_all_counted(tmp_path):
+    same = [nodule("n1", rect_rois(10, 10, 20, 20, [4]), texture=4)]
+    sessions = [session(same, rid="a"), session(same, rid="b"), session([], rid="c"), session([], rid="d")]
+    (tmp_path / "a.xml").write_text(lidc_xml(sessions))
+    merged = merge_series([parse_lidc_xml(tmp_path / "a.xml")])
+    assert [r.radiologist_id for r in merged[SERIES_UID].readers] == ["a", "b", "c", "d"]
+    assert not merged[SERIES_UID].notes
 
 
 # ----------------------------------------------------------------------------- the real files
