@@ -30,6 +30,19 @@ class ImageFileError(LandError):
         super().__init__(f"{self.path}: {problem}")
 
 
+class CheckpointError(LandError):
+    """A checkpoint folder or one of its files is unusable; ``path`` names it, ``problem`` says why."""
+
+    def __init__(self, path: str | os.PathLike, problem: str):
+        self.path = os.fspath(path)
+        self.problem = problem
+        super().__init__(f"{self.path}: {problem}")
+
+
+class ConfigError(LandError, ValueError):
+    """A configuration (phantom, model, training) has a value out of range or of the wrong type."""
+
+
 class MaskError(LandError, ValueError):
     """A condition mask or nodule specification is out of range or does not fit the volume."""
 

@@ -151,39 +151,53 @@ def crop_or_pad(
 
 @dataclass(frozen=True)
 class IntensityMapping:
-    """HU <-> model values: clip to [hu_min, hu_max] and scale linearly to [0, 1]."""
+    """How CT values (HU) map to the models' input range and back; stored in every checkpoint.
 
+    ``linear_window``: clip to ``[hu_min, hu_max]`` and map linearly onto ``[0, 1]`` (the LAND / WDM
+    preprocessing, with a fixed upper bound instead of WDM's per-volume quantile, so that generated
+    volumes map back to HU). ``model_to_hu`` is the exact inverse of ``hu_to_model`` on that window;
+    model outputs outside [0, 1] are clipped first. Works on numpy arrays and torch tensors.
+    """
+
+    kind: str = "linear_window"
     hu_min: float = -1000.0
     hu_max: float = 1000.0
+    description: str = "HU clipped to [hu_min, hu_max] and mapped linearly to [0, 1]"
 
     def __post_init__(self) -> None:
+        if self.kind != "linear_window":
+            raise VolumeError(f"intensity.kind must be 'linear_window', got {self.kind!r}")
         if not self.hu_max > self.hu_min:
-            raise VolumeError(f"intensity mapping needs hu_max > hu_min, got {self.hu_min}..{self.hu_max}")
+            raise VolumeError(f"intensity: hu_max ({self.hu_max}) must exceed hu_min ({self.hu_min})")
 
-    def to_model(self, hu: np.ndarray):
-        """HU -> [0, 1] (numpy arrays or torch tensors)."""
+    def hu_to_model(self, hu):
+        """HU -> model intensities in [0, 1] (clipped)."""
         scale = self.hu_max - self.hu_min
         if hasattr(hu, "clamp"):
             return (hu.clamp(self.hu_min, self.hu_max) - self.hu_min) / scale
         return ((np.clip(np.asarray(hu, dtype=np.float32), self.hu_min, self.hu_max) - self.hu_min) / scale).astype(np.float32)
 
-    def to_hu(self, x: np.ndarray):
-        """[0, 1] -> HU, the exact inverse of :meth:`to_model` on [hu_min, hu_max]."""
+    def model_to_hu(self, x):
+        """Model intensities -> HU (values outside [0, 1] are clipped first)."""
         scale = self.hu_max - self.hu_min
         if hasattr(x, "clamp"):
-            return x * scale + self.hu_min
-        return (np.asarray(x, dtype=np.float32) * scale + self.hu_min).astype(np.float32)
+            return x.clamp(0.0, 1.0) * scale + self.hu_min
+        return (np.clip(np.asarray(x, dtype=np.float32), 0.0, 1.0) * scale + self.hu_min).astype(np.float32)
 
     def to_dict(self) -> dict:
-        return {"kind": "clip_linear", **asdict(self)}
+        return asdict(self)
 
     @classmethod
     def from_dict(cls, d: dict) -> "IntensityMapping":
-        d = dict(d)
-        kind = d.pop("kind", "clip_linear")
-        if kind != "clip_linear":
-            raise VolumeError(f"unknown intensity mapping {kind!r}")
-        return cls(**d)
+        if not isinstance(d, dict):
+            raise VolumeError(f"intensity must be a JSON object, got {type(d).__name__}")
+        unknown = sorted(set(d) - {"kind", "hu_min", "hu_max", "description"})
+        if unknown:
+            raise VolumeError(f"intensity: unknown key(s) {', '.join(unknown)}")
+        for key in ("hu_min", "hu_max"):
+            if key in d and (isinstance(d[key], bool) or not isinstance(d[key], (int, float))):
+                raise VolumeError(f"intensity.{key} must be a number, got {d[key]!r}")
+        return cls(**{k: (float(v) if k.startswith("hu_") else v) for k, v in d.items()})
 
 
 DEFAULT_INTENSITY = IntensityMapping()

@@ -409,7 +409,6 @@ def _find_trachea_seed(
     sz, sy, sx = spacing
     px_area = sy * sx
     amin, amax = cfg.trachea_area_mm2
-    nz = tight.shape[0]
     top = int(np.flatnonzero(inside.any(axis=(1, 2)))[-1]) if inside.any() else -1
     if top < 0:
         return None

@@ -48,7 +48,7 @@ from typing import Sequence
 import numpy as np
 from scipy import ndimage
 
-from land_core.errors import LandError
+from land_core.errors import ConfigError
 from land_core.masks.condition import TEXTURES, texture_to_subtype
 from land_core.masks.nodules import NoduleSpec, nodule_radius_field, rasterize_nodules
 from land_core.volume import Volume
@@ -57,7 +57,7 @@ GENERATOR = "land phantom"
 PHANTOM_VERSION = 1
 
 
-class PhantomConfigError(LandError, ValueError):
+class PhantomConfigError(ConfigError):
     """A phantom setting is out of range (size, spacing, nodule counts or sizes, case count...)."""
 
 
@@ -677,7 +677,7 @@ class _Painter:
         """Partial-volume lung fraction of voxels ``kji`` (N, 3) near the lung surface, from signed
         distances to the three surfaces that bound the lungs (chest wall, diaphragm, mediastinum),
         and the HU of the tissue on the other side of the nearest one."""
-        g, grid = self.g, self.grid
+        grid = self.grid
         k, j, i = kji.T
         z = grid.z[k].astype(np.float64)
         d_wall = -self.Rc[j, i] * (self.ratio[j, i] - self.cavity_scale(z))

@@ -58,14 +58,14 @@ def test_crop_or_pad_around_bbox_pads_with_air():
 
 def test_intensity_mapping_inverse_is_exact():
     hu = np.linspace(-1000, 1000, 2001, dtype=np.float32)
-    x = DEFAULT_INTENSITY.to_model(hu)
+    x = DEFAULT_INTENSITY.hu_to_model(hu)
     assert x.min() == 0.0 and x.max() == 1.0
-    assert np.allclose(DEFAULT_INTENSITY.to_hu(x), hu, atol=1e-3)
-    assert DEFAULT_INTENSITY.to_model(np.array([-3000, 3000])).tolist() == [0.0, 1.0]
+    assert np.allclose(DEFAULT_INTENSITY.model_to_hu(x), hu, atol=1e-3)
+    assert DEFAULT_INTENSITY.hu_to_model(np.array([-3000, 3000])).tolist() == [0.0, 1.0]
     assert IntensityMapping.from_dict(DEFAULT_INTENSITY.to_dict()) == DEFAULT_INTENSITY
     import torch
 
     t = torch.tensor([-1200.0, 0.0, 500.0])
-    assert torch.allclose(DEFAULT_INTENSITY.to_hu(DEFAULT_INTENSITY.to_model(t)), torch.tensor([-1000.0, 0.0, 500.0]))
+    assert torch.allclose(DEFAULT_INTENSITY.model_to_hu(DEFAULT_INTENSITY.hu_to_model(t)), torch.tensor([-1000.0, 0.0, 500.0]))
     with pytest.raises(VolumeError):
         IntensityMapping(100, -100)
