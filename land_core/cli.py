@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Callable, Sequence
 
 from land_core import __version__
-from land_core.errors import LandError
+from land_core.errors import ConfigError, LandError
 
 log = logging.getLogger("land")
 
@@ -26,12 +26,44 @@ log = logging.getLogger("land")
 def _cmd_phantom(args: argparse.Namespace) -> int:
     from land_core.data.phantom import PhantomConfig, write_phantom_dataset
 
-    config = PhantomConfig(size=args.size, spacing=args.spacing)
+    config = PhantomConfig(
+        size=args.size,
+        spacing=args.spacing,
+        nodule_count=_int_range(args.nodules, "--nodules"),
+        nodule_diameter_mm=_float_range(args.diameter, "--diameter"),
+        textures=tuple(_int_list(args.textures, "--textures")),
+        noise_hu=args.noise,
+        vessels=not args.no_vessels,
+    )
     written = write_phantom_dataset(
         args.out, n=args.n, seed=args.seed, config=config, progress=not args.quiet
     )
     print(f"wrote {len(written)} phantom case(s) and manifest.json to {args.out}")
     return 0
+
+
+def _int_list(text: str, flag: str) -> list[int]:
+    try:
+        return [int(v) for v in text.split(",") if v.strip()]
+    except ValueError:
+        raise ConfigError(f"{flag} takes integers separated by commas, got {text!r}") from None
+
+
+def _int_range(text: str, flag: str) -> tuple[int, int]:
+    values = _int_list(text, flag)
+    if len(values) not in (1, 2):
+        raise ConfigError(f"{flag} takes N or MIN,MAX, got {text!r}")
+    return (values[0], values[-1])
+
+
+def _float_range(text: str, flag: str) -> tuple[float, float]:
+    try:
+        values = [float(v) for v in text.split(",") if v.strip()]
+    except ValueError:
+        values = []
+    if len(values) not in (1, 2):
+        raise ConfigError(f"{flag} takes MM or MIN,MAX in mm, got {text!r}")
+    return (values[0], values[-1])
 
 
 def _add_phantom(sub: argparse._SubParsersAction) -> None:
@@ -46,6 +78,13 @@ def _add_phantom(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--size", type=int, default=128, help="cube size in voxels (default 128)")
     p.add_argument("--spacing", type=float, default=2.0, help="isotropic voxel size in mm (default 2)")
     p.add_argument("--seed", type=int, default=0, help="random seed of the first case (default 0)")
+    p.add_argument("--nodules", default="0,4", metavar="MIN,MAX", help="nodules per case (default 0,4)")
+    p.add_argument("--diameter", default="4,30", metavar="MIN,MAX",
+                   help="nodule diameters in mm (default 4,30)")
+    p.add_argument("--textures", default="1,2,3,4,5", metavar="T,...",
+                   help="nodule textures to draw from, 1 ground glass .. 5 solid (default all)")
+    p.add_argument("--noise", type=float, default=20.0, metavar="HU", help="noise standard deviation (default 20)")
+    p.add_argument("--no-vessels", action="store_true", help="lungs without vessel and bronchial trees")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.set_defaults(func=_cmd_phantom)
 

@@ -36,3 +36,17 @@ def test_bad_input_is_one_line_without_traceback(tmp_path):
     assert result.returncode == 2
     assert "Traceback" not in result.stderr
     assert f"land: error: {bad}:" in result.stderr
+
+
+def test_phantom_command_options(tmp_path):
+    out = tmp_path / "p"
+    assert main(["phantom", "--out", str(out), "--n", "1", "--size", "48", "--spacing", "5",
+                 "--nodules", "2", "--textures", "1,3", "--diameter", "12,14", "--quiet"]) == 0
+    manifest = json.loads((out / "manifest.json").read_text())
+    case = manifest["cases"][0]
+    assert case["n_nodules"] == 2 and set(case["textures"]) <= {1, 3}
+
+
+def test_phantom_bad_option_is_an_error(tmp_path, capsys):
+    assert main(["phantom", "--out", str(tmp_path / "p"), "--textures", "7"]) == 2
+    assert "textures must be" in capsys.readouterr().err
