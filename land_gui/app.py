@@ -6,11 +6,19 @@ folder (with no argument it starts from the template phantom, when the engine ha
 then runs on Qt's offscreen platform with EGL rendering, so it also works on a headless server.
 
 The window: axial, coronal, sagittal and 3D views in a 2x2 grid (each can be maximised), the
-display and nodule panels on the right, the world position, voxel and HU under the mouse in the
-status bar, and File / View / Help menus. Errors while opening or saving a file are shown in a
-dialog with the engine's message (which names the file and the problem); the document is then
-left as it was. The title shows the document's name and a ``*`` while there are unsaved changes,
-and closing with unsaved changes asks first.
+tools, display and nodule panels on the right, the world position, voxel and HU under the mouse
+in the status bar, and File / Edit / View / Tools / Help menus (Help > Keyboard shortcuts lists
+every key and mouse gesture). Errors while opening or saving a file are shown in a dialog with
+the engine's message (which names the file and the problem); the document is then left as it
+was. The title shows the document's name and a ``*`` while there are unsaved changes, and closing
+with unsaved changes asks first.
+
+Nothing is lost: while the document has unsaved changes, a timer autosaves the lung mask and the
+nodules (not the CT) every :data:`AUTOSAVE_INTERVAL_MS` on a background thread, into a folder of
+its own under :func:`autosave_root`. A save that leaves nothing unsaved, or a clean close, removes
+it; one still there at the next start (a crash, a kill) is offered back (:meth:`MainWindow.offer_restore`).
+Recent files are kept with QSettings (:func:`app_settings`). The automatic lung segmentation runs
+on a worker thread with a busy indicator in the status bar; its result is one undo step.
 """
 
 from __future__ import annotations
@@ -27,12 +35,20 @@ from PySide6 import QtCore, QtGui, QtWidgets
 
 from land_core.errors import LandError
 from land_core.io import atomic_path
+from land_gui.model import autosave as autosaving
 from land_gui.model.document import WINDOW_PRESETS, Document
+from land_gui.model.events import Event
+from land_gui.model.tools import TOOL_TITLES, TOOLS
+from land_gui.viewers import slice_view, volume_view
 from land_gui.viewers.slice_view import SliceView
 from land_gui.viewers.volume_view import VolumeView
 from land_gui.widgets.display_panel import DisplayPanel
 from land_gui.widgets.nodule_panel import NodulePanel
+from land_gui.widgets.restore_dialog import RestoreDialog
+from land_gui.widgets.shortcuts_dialog import ShortcutsDialog, action_rows
+from land_gui.widgets.tools_panel import ToolsPanel
 from land_gui.widgets.view_grid import ViewGrid, ViewPane
+from land_gui.workers.background import FunctionThread
 
 log = logging.getLogger(__name__)
 
@@ -41,6 +57,30 @@ IMAGE_FILTER = "CT images (*.nii *.nii.gz *.nrrd *.nhdr *.mha *.mhd);;All files 
 MASK_FILTER = "Label images (*.nii.gz *.nii *.nrrd *.mha);;All files (*)"
 NODULE_FILTER = "Nodule lists (*.json);;All files (*)"
 VIEW_ORDER = (("axial", "Axial"), ("coronal", "Coronal"), ("sagittal", "Sagittal"), ("3d", "3D"))
+ORGANIZATION = "LAND Studio"
+SETTINGS_NAME = "land-studio"
+RECENT_KEY = "recent_files"
+MAX_RECENT = 10
+#: How often the document is autosaved while it has unsaved changes.
+AUTOSAVE_INTERVAL_MS = 60_000
+TOOL_KEYS = {"navigate": ("V", "Esc"), "paint": ("B",), "erase": ("E",), "nodule": ("N",)}
+
+
+def app_settings() -> QtCore.QSettings:
+    """The app's settings (recent files) as an INI file in the user's config folder. Tests point
+    ``QSettings.setPath(IniFormat, UserScope, ...)`` at a temporary folder."""
+    return QtCore.QSettings(QtCore.QSettings.Format.IniFormat, QtCore.QSettings.Scope.UserScope,
+                            ORGANIZATION, SETTINGS_NAME)
+
+
+def autosave_root() -> Path:
+    """Where autosaves go: ``$LAND_STUDIO_AUTOSAVE_DIR``, else ``autosave`` in the user's app data
+    folder (QStandardPaths.AppDataLocation)."""
+    override = os.environ.get(autosaving.AUTOSAVE_DIR_ENV)
+    if override:
+        return Path(override)
+    base = QtCore.QStandardPaths.writableLocation(QtCore.QStandardPaths.StandardLocation.AppDataLocation)
+    return Path(base or Path.home() / ".land-studio") / "autosave"
 
 
 class MainWindow(QtWidgets.QMainWindow):
@@ -57,32 +97,71 @@ class MainWindow(QtWidgets.QMainWindow):
         self.grid = ViewGrid([self.panes[name] for name, _ in VIEW_ORDER], self)
         self.setCentralWidget(self.grid)
 
+        self.tools_panel = ToolsPanel(doc)
+        self.tools_panel.error.connect(self._show_tool_error)
         self.display_panel = DisplayPanel(doc)
         self.nodule_panel = NodulePanel(doc)
         self.nodule_panel.error.connect(lambda text: self.show_error("Cannot change the nodule", text))
+        tools_dock = self._add_dock("Tools", self.tools_panel, "tools_dock")
         display_dock = self._add_dock("Display", self.display_panel, "display_dock")
         nodule_dock = self._add_dock("Nodules", self.nodule_panel, "nodule_dock")
-        self.resizeDocks([display_dock, nodule_dock], [120, 800], QtCore.Qt.Orientation.Vertical)
-        self.resizeDocks([display_dock], [330], QtCore.Qt.Orientation.Horizontal)
+        self.resizeDocks([tools_dock, display_dock, nodule_dock], [260, 110, 600], QtCore.Qt.Orientation.Vertical)
+        self.resizeDocks([display_dock], [340], QtCore.Qt.Orientation.Horizontal)
+        for name in ("axial", "coronal", "sagittal"):
+            self.views[name].error.connect(self._show_tool_error)
 
         self.cursor_label = QtWidgets.QLabel("", self)
         self.cursor_label.setObjectName("cursor_readout")
         self.cursor_label.setTextInteractionFlags(QtCore.Qt.TextInteractionFlag.TextSelectableByMouse)
         self.statusBar().addPermanentWidget(self.cursor_label, 1)
+        self.busy_label = QtWidgets.QLabel("", self)
+        self.busy_bar = QtWidgets.QProgressBar(self)
+        self.busy_bar.setObjectName("busy_indicator")
+        self.busy_bar.setRange(0, 0)  # a busy indicator, not a percentage
+        self.busy_bar.setMaximumWidth(140)
+        self.statusBar().addPermanentWidget(self.busy_label)
+        self.statusBar().addPermanentWidget(self.busy_bar)
+        self.busy_label.hide()
+        self.busy_bar.hide()
         for name in ("axial", "coronal", "sagittal"):
             self.views[name].hovered.connect(self.show_cursor_info)
 
+        self._closed = False
+        self._segment_thread: FunctionThread | None = None
+        self._segment_ct = None
+        self._autosave_thread: FunctionThread | None = None
+        self._autosave_folder: Path | None = None
+        self._autosaved_count: int | None = None
         self._build_menus()
+        for action in (self.fill_holes_action, self.keep_largest_action, self.segment_action):
+            self.tools_panel.add_command(action)
         for name in ("ct", "paths", "modified"):
             doc.events[name].connect(self._update_title)
         doc.events.window_level.connect(self._sync_preset_actions)
+        doc.events.tool.connect(self._on_tool)
+        doc.events.ct.connect(self._on_new_document)
+        doc.events.modified.connect(self._on_modified)
+        doc.undo_stack.events.changed.connect(self._sync_undo_actions)
         self._update_title(None)
-        self._closed = False
+        self._on_tool(None)
+        self._sync_undo_actions(None)
+        self.autosave_timer = QtCore.QTimer(self)
+        self.autosave_timer.setInterval(AUTOSAVE_INTERVAL_MS)
+        self.autosave_timer.timeout.connect(self.autosave_now)
+        self.autosave_timer.start()
 
     def _add_dock(self, title: str, widget: QtWidgets.QWidget, name: str) -> QtWidgets.QDockWidget:
+        """A right-hand dock holding ``widget`` in a scroll area, so small windows still fit every panel."""
         dock = QtWidgets.QDockWidget(title, self)
         dock.setObjectName(name)
-        dock.setWidget(widget)
+        scroll = QtWidgets.QScrollArea(dock)
+        scroll.setObjectName(f"{name}_scroll")
+        scroll.setWidget(widget)
+        scroll.setWidgetResizable(True)
+        scroll.setFrameShape(QtWidgets.QFrame.Shape.NoFrame)
+        scroll.setHorizontalScrollBarPolicy(QtCore.Qt.ScrollBarPolicy.ScrollBarAlwaysOff)
+        scroll.setMinimumWidth(widget.minimumSizeHint().width() + scroll.verticalScrollBar().sizeHint().width())
+        dock.setWidget(scroll)
         dock.setFeatures(QtWidgets.QDockWidget.DockWidgetFeature.DockWidgetMovable
                          | QtWidgets.QDockWidget.DockWidgetFeature.DockWidgetFloatable)
         self.addDockWidget(QtCore.Qt.DockWidgetArea.RightDockWidgetArea, dock)
@@ -90,11 +169,14 @@ class MainWindow(QtWidgets.QMainWindow):
 
     # ------------------------------------------------------------------ menus
     def _action(self, menu: QtWidgets.QMenu, text: str, slot: Callable, shortcut=None, tip: str = "") -> QtGui.QAction:
+        """A menu entry; ``shortcut`` is a key sequence, a standard key, or a tuple of them."""
         action = QtGui.QAction(text, self)
         if shortcut is not None:
-            action.setShortcut(QtGui.QKeySequence(shortcut))
+            keys = shortcut if isinstance(shortcut, (tuple, list)) else (shortcut,)
+            action.setShortcuts([QtGui.QKeySequence(k) for k in keys])
         if tip:
             action.setStatusTip(tip)
+            action.setToolTip(tip)
         action.triggered.connect(lambda _checked=False: slot())
         menu.addAction(action)
         return action
@@ -111,6 +193,10 @@ class MainWindow(QtWidgets.QMainWindow):
         self._action(file, "Open &lung mask…", self.open_lung_mask_dialog, None,
                      "Open a lung label image on the CT's grid")
         self._action(file, "Open n&odules…", self.open_nodules_dialog, None, "Open a nodule list (JSON)")
+        self.recent_menu = file.addMenu("Open &recent")
+        self.recent_menu.setObjectName("recent_menu")
+        self.recent_menu.aboutToShow.connect(self._rebuild_recent_menu)
+        self._rebuild_recent_menu()
         file.addSeparator()
         self._action(file, "&Save", self.save_all, QtGui.QKeySequence.StandardKey.Save,
                      "Save the lung mask and the nodules where they have changed")
@@ -119,7 +205,15 @@ class MainWindow(QtWidgets.QMainWindow):
         file.addSeparator()
         self._action(file, "Save &screenshot…", self.save_screenshot_dialog, None, "Save the window as a PNG")
         file.addSeparator()
-        self._action(file, "&Quit", self.close, QtGui.QKeySequence.StandardKey.Quit)
+        self._action(file, "&Quit", self.close, "Ctrl+Q")  # StandardKey.Quit is empty on some platforms
+
+        edit = bar.addMenu("&Edit")
+        self.undo_action = self._action(edit, "&Undo", self.undo, "Ctrl+Z", "Take back the last edit")
+        self.redo_action = self._action(edit, "&Redo", self.redo, ("Ctrl+Shift+Z", "Ctrl+Y"),
+                                        "Do the last undone edit again")
+        edit.addSeparator()
+        self.delete_nodule_action = self._action(edit, "&Delete selected nodule", self.nodule_panel.delete_selected,
+                                                 QtGui.QKeySequence.StandardKey.Delete)
 
         view = bar.addMenu("&View")
         group = QtGui.QActionGroup(self)
@@ -136,15 +230,66 @@ class MainWindow(QtWidgets.QMainWindow):
         self._action(view, "Show &all four views", lambda: self.grid.maximise(None), "Ctrl+0")
         for name, title in VIEW_ORDER:
             self._action(view, f"Maximise {title}", lambda n=name: self.grid.maximise(self.panes[n]))
+        tools = bar.addMenu("&Tools")
+        tool_group = QtGui.QActionGroup(self)
+        self.tool_actions: dict[str, QtGui.QAction] = {}
+        for tool in TOOLS:
+            action = self._action(tools, TOOL_TITLES[tool], lambda t=tool: self.document.set_tool(t),
+                                  TOOL_KEYS[tool])
+            action.setCheckable(True)
+            tool_group.addAction(action)
+            self.tool_actions[tool] = action
+        tools.addSeparator()
+        self._action(tools, "&Bigger brush", lambda: self.document.resize_brush(+1), ("+", "="),
+                     "Make the brush one size bigger")
+        self._action(tools, "&Smaller brush", lambda: self.document.resize_brush(-1), "-",
+                     "Make the brush one size smaller")
+        self._action(tools, "Brush: sphere / &disc", self.toggle_brush_shape, "D",
+                     "Switch between a 3D sphere and a 2D disc in the view's plane")
+        self.gate_action = self._action(tools, "Paint only in the &HU range", self.toggle_hu_gate, "G",
+                                        "Limit painting to CT values in the brush's HU range (air-like by default)")
+        self.gate_action.setCheckable(True)
+        tools.addSeparator()
+        self.fill_holes_action = self._action(tools, "&Fill holes", self.fill_holes, "Ctrl+Shift+F",
+                                              "Fill the holes enclosed by each lung (one undo step)")
+        self.keep_largest_action = self._action(tools, "&Keep two largest", self.keep_largest_components,
+                                                "Ctrl+Shift+K", "Keep the two largest 3D pieces of the lung mask, "
+                                                "clear every other piece (one undo step)")
+        self.segment_action = self._action(tools, "Automatic lung &segmentation", self.run_lung_segmentation,
+                                           "Ctrl+L", "Segment the lungs of the CT automatically (one undo step)")
         help_menu = bar.addMenu("&Help")
+        self._action(help_menu, "&Keyboard shortcuts", self.show_shortcuts, "F1",
+                     "Every key and mouse gesture")
         self._action(help_menu, "&About LAND Studio", self.about)
-        self._action(help_menu, "&Mouse and keys", self.show_controls)
         self._sync_preset_actions(None)
 
     def _sync_preset_actions(self, event) -> None:
         current = self.document.window_preset
         for name, action in self.preset_actions.items():
             action.setChecked(name == current)
+
+    def _on_tool(self, event: Event | None) -> None:
+        doc = self.document
+        for tool, action in self.tool_actions.items():
+            action.setChecked(tool == doc.tool)
+        self.gate_action.setChecked(doc.brush.gate_enabled)
+        name = getattr(event, "name", None)
+        brush = doc.brush
+        if name == "brush":
+            gate = f", only {brush.hu_range[0]:g}..{brush.hu_range[1]:g} HU" if brush.gate_enabled else ""
+            self.statusBar().showMessage(f"Brush: {brush.shape}, radius {brush.radius_mm:g} mm{gate}", 4000)
+        elif name == "tool":
+            self.statusBar().showMessage(f"Tool: {TOOL_TITLES[doc.tool]}", 3000)
+
+    def _sync_undo_actions(self, event: Event | None) -> None:
+        stack = self.document.undo_stack
+        for action, verb, text in ((self.undo_action, "&Undo", stack.undo_text),
+                                   (self.redo_action, "&Redo", stack.redo_text)):
+            action.setText(f"{verb} {text}" if text else verb)
+            action.setEnabled(text is not None)
+
+    def _show_tool_error(self, text: str) -> None:
+        self.show_error("Cannot edit", text)
 
     # ------------------------------------------------------------------ dialogs (tests replace these)
     def show_error(self, title: str, text: str) -> None:
@@ -176,6 +321,12 @@ class MainWindow(QtWidgets.QMainWindow):
         box.setDefaultButton(buttons.Save)
         answer = box.exec()
         return {buttons.Save: "save", buttons.Discard: "discard"}.get(buttons(answer), "cancel")
+
+    def ask_restore(self, infos: Sequence[autosaving.AutosaveInfo]) -> autosaving.AutosaveInfo | None:
+        """Which autosave to restore (the dialog deletes the ones the person discards), or None."""
+        dialog = RestoreDialog(infos, self.discard_autosave, self)
+        dialog.exec()
+        return dialog.chosen
 
     def _start_dir(self) -> str:
         path = self.document.ct_path
@@ -218,6 +369,7 @@ class MainWindow(QtWidgets.QMainWindow):
             return False
         ok = self._run("Cannot open", lambda: self.document.open_path(path))
         if ok:
+            self.add_recent_file(path)
             self.statusBar().showMessage(f"Opened {path}", 5000)
         return ok
 
@@ -234,7 +386,8 @@ class MainWindow(QtWidgets.QMainWindow):
     def open_dicom_dialog(self) -> None:
         folder = self.ask_folder("Open DICOM folder")
         if folder and self.confirm_discard():
-            self._run("Cannot open the DICOM folder", lambda: self.document.open_ct(folder))
+            if self._run("Cannot open the DICOM folder", lambda: self.document.open_ct(folder)):
+                self.add_recent_file(folder)
 
     def open_lung_mask_dialog(self) -> None:
         path = self.ask_open_path("Open lung mask", MASK_FILTER)
@@ -279,6 +432,213 @@ class MainWindow(QtWidgets.QMainWindow):
         if path:
             self.save_screenshot(path)
 
+    # ------------------------------------------------------------------ recent files
+    def recent_files(self) -> list[str]:
+        """Files and folders opened lately, newest first."""
+        value = app_settings().value(RECENT_KEY, [])
+        if isinstance(value, str):  # QSettings gives a one-item list back as a string
+            value = [value]
+        return [str(v) for v in (value or []) if v]
+
+    def add_recent_file(self, path: str | os.PathLike) -> None:
+        entry = os.path.abspath(os.fspath(path))
+        files = [entry] + [f for f in self.recent_files() if f != entry]
+        app_settings().setValue(RECENT_KEY, files[:MAX_RECENT])
+        self._rebuild_recent_menu()
+
+    def clear_recent_files(self) -> None:
+        app_settings().remove(RECENT_KEY)
+        self._rebuild_recent_menu()
+
+    def _rebuild_recent_menu(self) -> None:
+        menu = self.recent_menu
+        menu.clear()
+        files = self.recent_files()
+        for i, path in enumerate(files, start=1):
+            action = menu.addAction(f"&{i % 10}  {path}")
+            action.setData(path)
+            action.triggered.connect(lambda _checked=False, p=path: self.open_recent(p))
+        if files:
+            menu.addSeparator()
+        clear = menu.addAction("Clear recent files")
+        clear.setEnabled(bool(files))
+        clear.triggered.connect(lambda _checked=False: self.clear_recent_files())
+
+    def open_recent(self, path: str) -> bool:
+        """Open a recent file; one that has gone is reported and dropped from the list."""
+        if not os.path.exists(path):
+            self.show_error("Cannot open", f"{path}: no such file or folder (it is removed from the recent files)")
+            app_settings().setValue(RECENT_KEY, [f for f in self.recent_files() if f != path])
+            self._rebuild_recent_menu()
+            return False
+        return self.open_path(path)
+
+    # ------------------------------------------------------------------ editing
+    def undo(self) -> None:
+        text = self.document.undo()
+        if text:
+            self.statusBar().showMessage(f"Undone: {text}", 3000)
+
+    def redo(self) -> None:
+        text = self.document.redo()
+        if text:
+            self.statusBar().showMessage(f"Redone: {text}", 3000)
+
+    def toggle_brush_shape(self) -> None:
+        self.document.set_brush(shape="disc" if self.document.brush.shape == "sphere" else "sphere")
+
+    def toggle_hu_gate(self) -> None:
+        self.document.set_brush(gate_enabled=not self.document.brush.gate_enabled)
+
+    def fill_holes(self) -> bool:
+        done = [False]
+
+        def run() -> None:
+            done[0] = self.document.fill_holes()
+
+        if self._run("Cannot fill holes", run):
+            self.statusBar().showMessage("Holes filled" if done[0] else "No holes to fill", 4000)
+        return done[0]
+
+    def keep_largest_components(self) -> bool:
+        done = [False]
+
+        def run() -> None:
+            done[0] = self.document.keep_largest_components(2)
+
+        if self._run("Cannot keep the largest components", run):
+            self.statusBar().showMessage("Smaller pieces cleared" if done[0] else "Nothing but the two largest pieces",
+                                         4000)
+        return done[0]
+
+    def set_busy(self, text: str | None) -> None:
+        """Show (or, with None, hide) the busy indicator and its text in the status bar."""
+        self.busy_label.setText(text or "")
+        self.busy_label.setVisible(text is not None)
+        self.busy_bar.setVisible(text is not None)
+
+    def run_lung_segmentation(self) -> FunctionThread | None:
+        """Segment the CT's lungs on a worker thread; the result replaces the mask as one undo step."""
+        doc = self.document
+        if doc.ct is None:
+            self.show_error("Automatic lung segmentation", "open a CT or a template first")
+            return None
+        if self._segment_thread is not None:
+            return None
+        try:
+            from land_core.data.lungs import segment_lungs
+        except ImportError as exc:
+            self.show_error("Automatic lung segmentation", f"not available in this installation ({exc})")
+            return None
+        self._segment_ct = doc.ct
+        thread = FunctionThread(segment_lungs, doc.ct, parent=self)
+        thread.succeeded.connect(self._segmentation_done)
+        thread.failed.connect(self._segmentation_failed)
+        thread.finished.connect(self._segmentation_finished)
+        self._segment_thread = thread
+        self.segment_action.setEnabled(False)
+        self.set_busy("Segmenting the lungs…")
+        thread.start()
+        return thread
+
+    def _segmentation_done(self, lungs) -> None:
+        doc = self.document
+        if doc.ct is not self._segment_ct:  # another CT was opened meanwhile
+            self.statusBar().showMessage("The lung segmentation was for a CT that is no longer open", 5000)
+            return
+        if self._run("Cannot use the lung segmentation", lambda: doc.set_lung_mask(lungs, "Automatic lung segmentation")):
+            self.statusBar().showMessage("Lungs segmented (Ctrl+Z takes it back)", 5000)
+
+    def _segmentation_failed(self, message: str) -> None:
+        self.show_error("Automatic lung segmentation failed", message)
+
+    def _segmentation_finished(self) -> None:
+        thread, self._segment_thread = self._segment_thread, None
+        if thread is not None:
+            thread.wait()
+        self._segment_ct = None
+        self.set_busy(None)
+        self.segment_action.setEnabled(True)
+
+    # ------------------------------------------------------------------ autosave
+    def autosave_now(self) -> FunctionThread | None:
+        """The autosave timer's slot: when there are changes the last autosave lacks, write them on a
+        background thread (returned); with nothing unsaved, remove the autosave instead."""
+        doc = self.document
+        if self._closed or doc.ct is None:
+            return None
+        if self._autosave_thread is not None:
+            return None  # the previous one is still writing; the next tick catches up
+        if not doc.modified:
+            self._remove_autosave()
+            return None
+        if doc.edit_count == self._autosaved_count:
+            return None
+        snapshot = doc.autosave_snapshot()
+        self._autosaved_count = doc.edit_count
+        self._autosave_folder = doc.autosave_folder(autosave_root())
+        thread = FunctionThread(snapshot.write, autosave_root(), parent=self)
+        thread.succeeded.connect(self._autosave_written)
+        thread.failed.connect(self._autosave_failed)
+        thread.finished.connect(self._autosave_finished)
+        self._autosave_thread = thread
+        thread.start()
+        return thread
+
+    def _autosave_written(self, folder) -> None:
+        self.statusBar().showMessage(f"Autosaved at {time.strftime('%H:%M')}", 3000)
+
+    def _autosave_failed(self, message: str) -> None:
+        self._autosaved_count = None  # try again at the next tick
+        log.warning("autosave failed: %s", message)
+        self.statusBar().showMessage(f"Autosave failed: {message}", 10000)
+
+    def _autosave_finished(self) -> None:
+        thread, self._autosave_thread = self._autosave_thread, None
+        if thread is not None:
+            thread.wait()
+
+    def _wait_for_autosave(self) -> None:
+        if self._autosave_thread is not None:
+            self._autosave_thread.wait()
+            self._autosave_finished()
+
+    def _remove_autosave(self) -> None:
+        """Delete the current document's autosave (nothing unsaved any more, or a clean close)."""
+        self._wait_for_autosave()
+        if self._autosave_folder is not None:
+            autosaving.remove_autosave(self._autosave_folder)
+        self._autosave_folder = None
+        self._autosaved_count = None
+
+    def _on_new_document(self, event: Event | None) -> None:
+        """Another document replaced this one (the person saved or discarded it): its autosave goes."""
+        self._remove_autosave()
+
+    def _on_modified(self, event: Event) -> None:
+        if not event.modified:
+            self._remove_autosave()
+
+    def discard_autosave(self, info: autosaving.AutosaveInfo) -> None:
+        """Delete an autosave the person does not want back."""
+        autosaving.remove_autosave(info.folder)
+
+    def offer_restore(self) -> bool:
+        """At start: offer the autosaves left by a crash (not those of windows still open in other
+        processes); True when one was restored. A failed restore shows why and keeps the autosave."""
+        found = [info for info in autosaving.list_autosaves(autosave_root())
+                 if info.pid in (None, os.getpid()) or not autosaving.process_alive(info.pid)]
+        if not found:
+            return False
+        chosen = self.ask_restore(found)
+        if chosen is None:
+            return False
+        if not self._run("Cannot restore the autosave", lambda: self.document.restore_autosave(chosen.folder)):
+            return False
+        self._autosave_folder = chosen.folder
+        self.statusBar().showMessage(f"Restored unsaved work from {chosen.time_text}; save it to keep it", 8000)
+        return True
+
     # ------------------------------------------------------------------ view actions
     def reset_views(self) -> None:
         for view in self.views.values():
@@ -308,13 +668,27 @@ class MainWindow(QtWidgets.QMainWindow):
             f"<b>{APP_NAME}</b> {__version__}<br>Draw the lungs, place nodules, get a synthetic chest CT."
             "<br><br>Everything it generates is synthetic. Not a medical device; not for clinical use.")
 
-    def show_controls(self) -> None:
-        QtWidgets.QMessageBox.information(
-            self, "Mouse and keys",
-            "Slice views: left click / drag moves the crosshair (all views follow); wheel, arrow keys and "
-            "Page Up/Down change the slice; Ctrl+wheel or right drag zooms; middle drag pans; R fits.\n"
-            "3D view: left drag rotates, right drag zooms, middle drag pans, R resets.\n"
-            "Ctrl+1/2/3: lung, mediastinum, bone window.")
+    def shortcut_sections(self) -> list[tuple[str, list[tuple[str, str]]]]:
+        """The rows of the shortcuts dialog: each menu's actions that have keys, then the views' mouse
+        and key controls."""
+        sections = []
+        for menu_action in self.menuBar().actions():
+            menu = menu_action.menu()
+            if menu is None:
+                continue
+            actions = [a for a in menu.actions() if not a.isSeparator()]
+            rows = action_rows(actions, {self.undo_action: "Undo the last edit", self.redo_action: "Redo"})
+            sections.append((menu_action.text().replace("&", "") + " menu", rows))
+        sections.append(("Slice views (axial, coronal, sagittal)", list(slice_view.CONTROLS)))
+        sections.append(("3D view", list(volume_view.CONTROLS)))
+        return sections
+
+    def show_shortcuts(self) -> ShortcutsDialog:
+        """Help > Keyboard shortcuts (non-modal, so it can stay open next to the views)."""
+        dialog = ShortcutsDialog(self.shortcut_sections(), self)
+        dialog.setAttribute(QtCore.Qt.WidgetAttribute.WA_DeleteOnClose)
+        dialog.show()
+        return dialog
 
     # ------------------------------------------------------------------ screenshots
     def grab_image(self) -> QtGui.QImage:
@@ -345,9 +719,11 @@ class MainWindow(QtWidgets.QMainWindow):
 
     # ------------------------------------------------------------------ closing
     def closeEvent(self, event: QtGui.QCloseEvent) -> None:  # noqa: N802 (Qt naming)
-        if not self._closed and not self.confirm_discard():
-            event.ignore()
-            return
+        if not self._closed:
+            if not self.confirm_discard():
+                event.ignore()
+                return
+            self._remove_autosave()  # a clean close: saved or knowingly discarded
         self.shutdown()
         event.accept()
 
@@ -356,9 +732,19 @@ class MainWindow(QtWidgets.QMainWindow):
         if self._closed:
             return
         self._closed = True
+        self.autosave_timer.stop()
+        for thread in (self._segment_thread, self._autosave_thread):
+            if thread is not None:
+                thread.wait()
+        doc = self.document
         for name in ("ct", "paths", "modified"):
-            self.document.events[name].disconnect(self._update_title)
-        self.document.events.window_level.disconnect(self._sync_preset_actions)
+            doc.events[name].disconnect(self._update_title)
+        doc.events.window_level.disconnect(self._sync_preset_actions)
+        doc.events.tool.disconnect(self._on_tool)
+        doc.events.ct.disconnect(self._on_new_document)
+        doc.events.modified.disconnect(self._on_modified)
+        doc.undo_stack.events.changed.disconnect(self._sync_undo_actions)
+        self.tools_panel.detach()
         self.display_panel.detach()
         self.nodule_panel.detach()
         for pane in self.panes.values():
@@ -467,13 +853,20 @@ def main(argv: Sequence[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     app = QtWidgets.QApplication.instance() or QtWidgets.QApplication([sys.argv[0]])
     app.setApplicationName(APP_NAME)
+    app.setOrganizationName(ORGANIZATION)
     _quiet_qt_messages()
     apply_dark_theme(app)
     window = MainWindow()
     if args.screenshot:  # report instead of showing dialogs nobody can click
         window.show_error = lambda title, text: print(f"land-gui: {title}: {text}", file=sys.stderr)
     window.resize(*args.size)
-    if args.path:
+    restored = False
+    if not args.screenshot:  # a screenshot run never asks anything
+        window.show()
+        restored = window.offer_restore()
+    if restored:
+        pass
+    elif args.path:
         if not window.open_path(args.path) and args.screenshot:
             return 2
     else:

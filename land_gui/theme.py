@@ -3,7 +3,7 @@
 RGB triples in 0..1. Lungs are green (the usual segmentation colour); nodules run from yellow
 (texture 1, ground glass) through orange (3, part-solid) to magenta (5, solid), so the texture is
 readable at a glance and never confused with the lungs, the light-blue crosshair or the white of
-the selected nodule.
+the selected nodule. The brush circle is green when it paints and red when it erases.
 """
 
 from __future__ import annotations
@@ -13,6 +13,9 @@ RGB = tuple[float, float, float]
 LUNG: RGB = (0.2, 0.85, 0.35)
 LUNG_3D: RGB = (0.45, 0.85, 0.55)
 CROSSHAIR: RGB = (0.35, 0.75, 1.0)
+#: The brush cursor circle: bright green to paint (the lungs' colour), red to erase.
+BRUSH: RGB = (0.4, 1.0, 0.5)
+ERASER: RGB = (1.0, 0.4, 0.4)
 SELECTED: RGB = (1.0, 1.0, 1.0)
 ANNOTATION: RGB = (1.0, 0.8, 0.45)
 BACKGROUND_2D: RGB = (0.0, 0.0, 0.0)

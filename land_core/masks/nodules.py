@@ -36,7 +36,7 @@ N_SPIKES = 10
 N_LOBES = 5
 
 
-def _rotation(orientation_deg: Sequence[float] | None) -> np.ndarray:
+def rotation_matrix(orientation_deg: Sequence[float] | None) -> np.ndarray:
     """Rotation matrix from intrinsic Z-Y-X Euler angles in degrees (identity when None)."""
     if orientation_deg is None:
         return np.eye(3)
@@ -217,7 +217,7 @@ def nodule_radius_field(spec: NoduleSpec, like: Volume) -> tuple[tuple[slice, sl
     box = _bounding_box(spec, like)
     assert box is not None  # the centre is inside, so the box is not empty
     pts = like.world_grid(box) - np.asarray(spec.center_mm)
-    local = pts @ _rotation(spec.orientation_deg) / spec.semi_axes_mm
+    local = pts @ rotation_matrix(spec.orientation_deg) / spec.semi_axes_mm
     dist = np.linalg.norm(local, axis=-1)
     with np.errstate(invalid="ignore", divide="ignore"):
         directions = np.where(dist[..., None] > 0, local / dist[..., None], np.array([0.0, 0.0, 1.0]))

@@ -12,16 +12,26 @@ document's arrays (with their direction matrix), sampling the view's world plane
 screen's right and up directions). The camera looks straight at that plane, so screen position
 maps to world position by the plane's two axes, whatever the volume's orientation on disk.
 
-The view keeps no state of its own beyond the camera: the slice shown is the one through the
-document's crosshair. Left click (and drag) moves the crosshair, the wheel and the arrow / page
-keys move it one (ten) slices along the view's normal, Ctrl+wheel or right drag zooms, middle
-drag pans, ``r`` fits the slice to the view again.
+The view keeps no state of its own beyond the camera and the drag in progress: the slice shown
+is the one through the document's crosshair, and what the left button does is the document's
+tool (:attr:`Document.tool <land_gui.model.document.Document.tool>`):
+
+* navigate: click / drag moves the crosshair (all views follow);
+* paint / erase: press, drag, release is one brush stroke (one undo step) with the document's
+  brush; a circle under the mouse shows the brush's size in this plane;
+* place nodule: a click places a nodule (the document's nodule template) and a drag right after
+  moves it; a drag on an existing nodule moves it, Shift+drag resizes it (each drag one undo step).
+
+For every tool: the wheel and the arrow / page keys move one (ten) slices, Shift+wheel resizes
+the brush (paint and erase), right drag sets window (left/right) and level (up/down), Ctrl+wheel
+or Ctrl+right drag zooms, middle drag pans, ``r`` fits the slice to the view again
+(:data:`CONTROLS` lists them for the shortcuts dialog).
 """
 
 from __future__ import annotations
 
 import numpy as np
-from PySide6 import QtCore, QtWidgets
+from PySide6 import QtCore, QtGui, QtWidgets
 from vtkmodules.vtkCommonCore import vtkLookupTable
 from vtkmodules.vtkFiltersCore import vtkSurfaceNets2D
 from vtkmodules.vtkImagingCore import vtkImageMapToColors, vtkImageReslice
@@ -29,6 +39,7 @@ from vtkmodules.vtkInteractionStyle import vtkInteractorStyleImage
 from vtkmodules.vtkRenderingAnnotation import vtkCornerAnnotation
 from vtkmodules.vtkRenderingCore import vtkActor, vtkImageActor, vtkPolyDataMapper, vtkRenderer
 
+from land_core.errors import LandError
 from land_gui import theme
 from land_gui.model.document import Document
 from land_gui.model.events import Event
@@ -39,6 +50,28 @@ from land_gui.viewers.vtk_support import capture, image_data, lines_polydata, ma
 #: over the CT (first layer); crosshair over outlines and markers over both (overlay layer). All
 #: within the images' own depth range, so clipping ranges fitted to the images keep them.
 Z_MASK, Z_OUTLINE, Z_CROSSHAIR, Z_MARKER = 0.2, 0.0, 0.1, 0.2
+#: Right drag over this many pixels doubles (or halves) the window width.
+WINDOW_DRAG_PIXELS = 200.0
+#: Segments of the brush cursor circle.
+CIRCLE_SEGMENTS = 72
+#: Largest nodule diameter (mm) a Shift+drag makes.
+MAX_NODULE_MM = 60.0
+
+#: Mouse and keys in a slice view, for the shortcuts dialog: (keys, what they do).
+CONTROLS: tuple[tuple[str, str], ...] = (
+    ("Left click / drag", "Navigate tool: move the crosshair (all views follow)"),
+    ("Left drag", "Paint / Erase tool: one brush stroke (one undo step)"),
+    ("Left click", "Place nodule tool: place a nodule (drag right away to move it)"),
+    ("Left drag on a nodule", "Place nodule tool: move the nodule"),
+    ("Shift+left drag on a nodule", "Place nodule tool: resize the nodule"),
+    ("Right drag", "Window (left / right) and level (up / down)"),
+    ("Ctrl+right drag, Ctrl+wheel", "Zoom"),
+    ("Middle drag", "Pan"),
+    ("Wheel, Up / Down, Left / Right", "Next / previous slice"),
+    ("Page Up / Page Down", "Ten slices on / back"),
+    ("Shift+wheel", "Paint / Erase tool: brush size"),
+    ("R", "Fit the slice to the view"),
+)
 
 
 class SliceView(QtWidgets.QWidget):
@@ -46,6 +79,8 @@ class SliceView(QtWidgets.QWidget):
 
     #: The world point (mm) under the mouse, or None when the mouse leaves the image.
     hovered = QtCore.Signal(object)
+    #: A tool could not do what the mouse asked; the message says why (the main window shows it).
+    error = QtCore.Signal(str)
 
     def __init__(self, document: Document, orientation: str, parent: QtWidgets.QWidget | None = None) -> None:
         super().__init__(parent)
@@ -70,7 +105,12 @@ class SliceView(QtWidgets.QWidget):
         window.AddRenderer(self._overlay)
         self._grid: geo.SliceGrid | None = None
         self._depth = 0.0
-        self._dragging = False
+        #: what the left button drag in progress does: None, 'crosshair', 'paint', 'move_nodule',
+        #: 'resize_nodule'
+        self._mode: str | None = None
+        self._nodule_drag: tuple[int, np.ndarray, np.ndarray] | None = None
+        self._window_drag: tuple[int, int, float, float] | None = None
+        self._hover: np.ndarray | None = None
         self._user_camera = False
         self._n_labels = 0
         self._build_pipeline()
@@ -83,6 +123,8 @@ class SliceView(QtWidgets.QWidget):
         events.crosshair.connect(self._on_crosshair)
         events.window_level.connect(self._on_window_level)
         events.display.connect(self._on_display)
+        events.tool.connect(self._on_tool)
+        self._on_tool(None)
         if document.ct is not None:
             self._on_ct(None)
 
@@ -170,8 +212,18 @@ class SliceView(QtWidgets.QWidget):
         self._cross_actor.GetProperty().LightingOff()
         self._cross_actor.SetPosition(0, 0, Z_CROSSHAIR)
         self._overlay.AddViewProp(self._cross_actor)
+        # the brush cursor: a circle of the brush's radius under the mouse (paint and erase tools)
+        self._brush_mapper = vtkPolyDataMapper()
+        self._brush_actor = vtkActor()
+        self._brush_actor.SetMapper(self._brush_mapper)
+        self._brush_actor.GetProperty().SetLineWidth(1.5)
+        self._brush_actor.GetProperty().LightingOff()
+        self._brush_actor.SetPosition(0, 0, Z_MARKER)
+        self._brush_actor.VisibilityOff()
+        self._overlay.AddViewProp(self._brush_actor)
         self._marker_mapper.SetInputData(lines_polydata(np.zeros((0, 2, 2))))
         self._cross_mapper.SetInputData(lines_polydata(np.zeros((0, 2, 2))))
+        self._brush_mapper.SetInputData(lines_polydata(np.zeros((0, 2, 2))))
         # text
         self._text = vtkCornerAnnotation()
         self._text.SetMaximumFontSize(17)
@@ -261,9 +313,22 @@ class SliceView(QtWidgets.QWidget):
         if ct is not None:
             self.document.set_crosshair(geo.step_slice(ct, self.orientation, self.document.crosshair, steps))
 
+    @property
+    def brush_cursor_visible(self) -> bool:
+        """Whether the brush circle is shown (paint or erase tool, mouse over the view)."""
+        return bool(self._brush_actor.GetVisibility())
+
+    def brush_cursor_radius(self) -> float | None:
+        """The radius (mm) of the brush circle as drawn, or None when it is hidden."""
+        if not self.brush_cursor_visible:
+            return None
+        poly = self._brush_mapper.GetInput()
+        pts = np.array([poly.GetPoint(i) for i in range(poly.GetNumberOfPoints())])
+        return float(np.mean(np.linalg.norm(pts[:, :2] - pts[:, :2].mean(axis=0), axis=1)))
+
     def shutdown(self) -> None:
         """Stop following the document and release the OpenGL context."""
-        for name in ("ct", "lung_mask", "nodules", "selection", "crosshair", "window_level", "display"):
+        for name in ("ct", "lung_mask", "nodules", "selection", "crosshair", "window_level", "display", "tool"):
             self.document.events[name].disconnect(getattr(self, f"_on_{name}"))
         self._vtk.finalize()
 
@@ -437,6 +502,29 @@ class SliceView(QtWidgets.QWidget):
         self._mask_actor.SetVisibility(self.document.mask_opacity > 0 and self.document.lung_mask is not None)
         self.request_render()
 
+    # ------------------------------------------------------------------ tools
+    def _on_tool(self, event: Event | None) -> None:
+        """The tool or the brush changed: the cursor shape and the brush circle follow."""
+        tool = self.document.tool
+        shape = QtCore.Qt.CursorShape.ArrowCursor if tool == "navigate" else QtCore.Qt.CursorShape.CrossCursor
+        self._vtk.setCursor(QtGui.QCursor(shape))
+        rgb = theme.ERASER if tool == "erase" else theme.BRUSH
+        self._brush_actor.GetProperty().SetColor(*rgb)
+        self._update_brush_cursor()
+
+    def _update_brush_cursor(self) -> None:
+        point = self._hover
+        show = self.document.tool in ("paint", "erase") and point is not None and self.document.ct is not None
+        if show:
+            a, b, _ = self.orientation.to_plane(point)
+            r = self.document.brush.radius_mm
+            t = np.linspace(0.0, 2 * np.pi, CIRCLE_SEGMENTS + 1)
+            ring = np.stack([a + r * np.cos(t), b + r * np.sin(t)], axis=1)
+            self._brush_mapper.SetInputData(lines_polydata(np.stack([ring[:-1], ring[1:]], axis=1)))
+        if show or self._brush_actor.GetVisibility():
+            self._brush_actor.SetVisibility(show)
+            self.request_render()
+
     # ------------------------------------------------------------------ view -> model
     def _install_interaction(self) -> None:
         style = vtkInteractorStyleImage()
@@ -449,11 +537,12 @@ class SliceView(QtWidgets.QWidget):
         style.AddObserver("MouseMoveEvent", self._on_mouse_move)
         style.AddObserver("MouseWheelForwardEvent", lambda *_: self._on_wheel(+1))
         style.AddObserver("MouseWheelBackwardEvent", lambda *_: self._on_wheel(-1))
-        style.AddObserver("RightButtonPressEvent", self._on_camera_press("Right"))
-        style.AddObserver("MiddleButtonPressEvent", self._on_camera_press("Middle"))
+        style.AddObserver("RightButtonPressEvent", self._on_right_press)
+        style.AddObserver("RightButtonReleaseEvent", self._on_right_release)
+        style.AddObserver("MiddleButtonPressEvent", self._on_middle_press)
         style.AddObserver("KeyPressEvent", self._on_key)
         style.AddObserver("CharEvent", lambda *_: None)  # VTK's keys (q/e quit, w wireframe...) stay off
-        style.AddObserver("LeaveEvent", lambda *_: self.hovered.emit(None))
+        style.AddObserver("LeaveEvent", self._on_leave)
         iren.AddObserver("ConfigureEvent", self._on_resize)
 
     def _interactor(self):
@@ -466,41 +555,150 @@ class SliceView(QtWidgets.QWidget):
         a0, a1, b0, b1 = self._grid.bounds
         return a0 <= a <= a1 and b0 <= b <= b1
 
+    def _event_point(self) -> np.ndarray:
+        x, y = self._interactor().GetEventPosition()
+        return self.display_to_world(x, y)
+
+    def _tool_failed(self, exc: LandError) -> None:
+        self._mode = None
+        self.error.emit(str(exc))
+
     def _on_left_press(self, obj, event) -> None:
-        if self.document.ct is None:
+        doc = self.document
+        if doc.ct is None:
             return
-        self._dragging = True
-        self._move_crosshair_to_event()
+        point = self._event_point()
+        tool = doc.tool
+        try:
+            if tool in ("paint", "erase"):
+                doc.begin_stroke(erase=tool == "erase", normal=self.orientation.n)
+                self._mode = "paint"
+                doc.stroke_to(point)
+            elif tool == "nodule":
+                self._press_nodule(point, bool(self._interactor().GetShiftKey()))
+            else:
+                self._mode = "crosshair"
+                doc.set_crosshair(point)
+        except LandError as exc:
+            if doc.stroke_active:
+                doc.end_stroke()
+            self._tool_failed(exc)
+
+    def _press_nodule(self, point: np.ndarray, shift: bool) -> None:
+        """Pick the nodule under the mouse (or place a new one there) and start dragging it."""
+        doc = self.document
+        index = doc.nodule_at(point)
+        doc.begin_undo_group()
+        self._mode = "move_nodule"
+        try:
+            if index is None:
+                index = doc.place_nodule(point)
+                doc.set_crosshair(point)  # the other views show the new nodule
+            else:
+                doc.select_nodule(index)
+                if shift:
+                    self._mode = "resize_nodule"
+        except LandError:
+            doc.end_undo_group()
+            raise
+        self._nodule_drag = (index, point, np.asarray(doc.nodule(index).center_mm, dtype=float))
+
+    def _drag_nodule(self, point: np.ndarray) -> None:
+        doc = self.document
+        assert self._nodule_drag is not None
+        index, start, centre = self._nodule_drag
+        if index >= doc.n_nodules:  # gone meanwhile (undone)
+            return
+        if self._mode == "move_nodule":
+            doc.move_nodule(index, centre + (point - start))
+        else:
+            offset = point - centre
+            n = np.asarray(self.orientation.n, dtype=float)
+            radius = float(np.linalg.norm(offset - (offset @ n) * n))
+            doc.update_nodule(index, diameter_mm=float(np.clip(2 * radius, 1.0, MAX_NODULE_MM)))
 
     def _on_left_release(self, obj, event) -> None:
-        self._dragging = False
-
-    def _move_crosshair_to_event(self) -> None:
-        x, y = self._interactor().GetEventPosition()
-        self.document.set_crosshair(self.display_to_world(x, y))
+        mode, self._mode = self._mode, None
+        doc = self.document
+        if mode == "paint":
+            doc.end_stroke()
+        elif mode in ("move_nodule", "resize_nodule"):
+            self._nodule_drag = None
+            doc.end_undo_group()
 
     def _on_mouse_move(self, obj, event) -> None:
-        if self._dragging:
-            self._move_crosshair_to_event()
-        else:
-            self._style.OnMouseMove()  # zoom / pan drags
-        if self.document.ct is not None:
-            x, y = self._interactor().GetEventPosition()
-            point = self.display_to_world(x, y)
-            self.hovered.emit(point if self._inside_image(point) else None)
+        doc = self.document
+        point = self._event_point() if doc.ct is not None else None
+        try:
+            if self._mode == "crosshair":
+                doc.set_crosshair(point)
+            elif self._mode == "paint":
+                if doc.stroke_active:
+                    doc.stroke_to(point)
+                else:  # the stroke was ended elsewhere (an undo in the middle of it)
+                    self._mode = None
+            elif self._mode in ("move_nodule", "resize_nodule"):
+                self._drag_nodule(point)
+            elif self._window_drag is not None:
+                self._drag_window_level()
+            else:
+                self._style.OnMouseMove()  # zoom / pan drags
+        except LandError as exc:
+            self._tool_failed(exc)
+        if point is not None:
+            inside = self._inside_image(point)
+            self._hover = point if inside else None
+            self._update_brush_cursor()
+            if doc.tool == "nodule" and self._mode is None:
+                over = inside and doc.nodule_at(point) is not None
+                shape = QtCore.Qt.CursorShape.SizeAllCursor if over else QtCore.Qt.CursorShape.CrossCursor
+                if self._vtk.cursor().shape() != shape:
+                    self._vtk.setCursor(QtGui.QCursor(shape))
+            self.hovered.emit(point if inside else None)
+
+    def _on_leave(self, obj, event) -> None:
+        self._hover = None
+        self._update_brush_cursor()
+        self.hovered.emit(None)
 
     def _on_wheel(self, direction: int) -> None:
-        if self._interactor().GetControlKey():
+        iren = self._interactor()
+        if iren.GetControlKey():
             self._user_camera = True
             (self._style.OnMouseWheelForward if direction > 0 else self._style.OnMouseWheelBackward)()
+        elif iren.GetShiftKey() and self.document.tool in ("paint", "erase"):
+            self.document.resize_brush(direction)
         else:
             self.step(direction)
 
-    def _on_camera_press(self, button: str):
-        def handler(obj, event):
+    def _on_right_press(self, obj, event) -> None:
+        iren = self._interactor()
+        if iren.GetControlKey() or self.document.ct is None:
             self._user_camera = True
-            getattr(self._style, f"On{button}ButtonDown")()
-        return handler
+            self._style.OnRightButtonDown()  # zoom
+            return
+        x, y = iren.GetEventPosition()
+        self._window_drag = (x, y, self.document.window, self.document.level)
+
+    def _on_right_release(self, obj, event) -> None:
+        if self._window_drag is not None:
+            self._window_drag = None
+        else:
+            self._style.OnRightButtonUp()
+
+    def _drag_window_level(self) -> None:
+        """Right drag: left / right narrows / widens the window, up / down raises / lowers the level,
+        both in proportion to the window the drag started from."""
+        assert self._window_drag is not None
+        x0, y0, window, level = self._window_drag
+        x, y = self._interactor().GetEventPosition()
+        new_window = window * 2.0 ** ((x - x0) / WINDOW_DRAG_PIXELS)
+        new_level = level + (y - y0) * window / (2 * WINDOW_DRAG_PIXELS)
+        self.document.set_window_level(round(new_window), round(new_level))
+
+    def _on_middle_press(self, obj, event) -> None:
+        self._user_camera = True
+        self._style.OnMiddleButtonDown()
 
     def _on_key(self, obj, event) -> None:
         key = self._interactor().GetKeySym()

@@ -40,6 +40,13 @@ LUNG_OPACITY = 0.35
 #: Without a lung mask the view shows the CT's bone and contrast-filled vessels: this iso-value (HU).
 CONTEXT_HU = 200.0
 CONTEXT_RGB = (0.92, 0.88, 0.80)
+#: Mouse and keys in the 3D view, for the shortcuts dialog: (keys, what they do).
+CONTROLS: tuple[tuple[str, str], ...] = (
+    ("Left drag", "Rotate"),
+    ("Right drag, wheel", "Zoom"),
+    ("Middle drag, Shift+left drag", "Pan"),
+    ("R", "Back to the frontal view"),
+)
 
 
 def block_mean(values: np.ndarray, factor: int, pad_value: float = 0.0) -> np.ndarray:
@@ -136,6 +143,10 @@ class VolumeView(QtWidgets.QWidget):
         self._lung_timer.setSingleShot(True)
         self._lung_timer.setInterval(250)
         self._lung_timer.timeout.connect(self._rebuild_lungs)
+        self._field: np.ndarray | None = None
+        self._field_source: np.ndarray | None = None
+        self._field_factor = 0
+        self._dirty_box: tuple[slice, slice, slice] | None = None
         events = document.events
         events.ct.connect(self._on_ct)
         events.lung_mask.connect(self._on_lung_mask)
@@ -261,21 +272,50 @@ class VolumeView(QtWidgets.QWidget):
         self.reset_camera()
 
     def _on_lung_mask(self, event: Event | None) -> None:
-        if getattr(event, "box", None) is None:
+        box = getattr(event, "box", None)
+        if box is None:
+            self._field = None
             self._rebuild_lungs()
         else:
-            self._lung_timer.start()  # brush strokes: rebuild once the edits pause
+            # brush strokes: remember which blocks changed, rebuild once the edits pause
+            self._dirty_box = box if self._dirty_box is None else tuple(
+                slice(min(a.start, b.start), max(a.stop, b.stop)) for a, b in zip(self._dirty_box, box))
+            self._lung_timer.start()
+
+    def _lung_field(self, mask: np.ndarray, factor: int) -> np.ndarray:
+        """The block-averaged lung occupancy, recomputed only in the blocks an edit touched (a dab on a
+        512 x 512 x 400 mask then costs its own box, not a pass over the whole mask)."""
+        field, box = self._field, self._dirty_box
+        self._dirty_box = None
+        fresh = (field is None or self._field_source is not mask or self._field_factor != factor)
+        if fresh:
+            field = block_mean(mask > 0, factor)
+        elif box is not None:
+            lo = [s.start // factor for s in box]
+            hi = [-(-s.stop // factor) for s in box]
+            region = tuple(slice(a * factor, b * factor) for a, b in zip(lo, hi))
+            field[tuple(slice(a, b) for a, b in zip(lo, hi))] = block_mean(mask[region] > 0, factor)
+        self._field, self._field_source, self._field_factor = field, mask, factor
+        return field
 
     def _rebuild_lungs(self) -> None:
         ct, mask = self.document.ct, self.document.lung_mask
-        if ct is None or mask is None or not mask.array.any():
+        if self.document.stroke_active:  # a pause within a stroke: wait for its end
+            self._lung_timer.start()
+            return
+        if ct is None or mask is None:
+            self._lung_actor.VisibilityOff()
+            self._show_context(ct)
+            self.request_render()
+            return
+        factor = max(1, math.ceil(max(mask.shape) / MAX_SURFACE_SIZE))
+        field = self._lung_field(mask.array, factor)
+        if not field.any():
             self._lung_actor.VisibilityOff()
             self._show_context(ct)
             self.request_render()
             return
         self._context_actor.VisibilityOff()
-        factor = max(1, math.ceil(max(mask.shape) / MAX_SURFACE_SIZE))
-        field = block_mean(mask.array > 0, factor)
         poly = surface(field, ct, scale=factor, shift=(factor - 1) / 2.0)
         self._lung_actor.GetMapper().SetInputData(poly)
         self._lung_actor.VisibilityOn()

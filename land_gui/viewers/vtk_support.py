@@ -97,16 +97,25 @@ class RenderWidget(QVTKRenderWindowInteractor):
     def __init__(self, parent: QtWidgets.QWidget | None = None) -> None:
         super().__init__(parent, rw=make_render_window())
         self.setMinimumSize(64, 64)
+        self._wheel_delta = 0
         # VTK ignores mouse and key events until the interactor is enabled, which otherwise happens
         # only at the first render; events can come before that (and do, in tests)
         self._Iren.Enable()
 
     def wheelEvent(self, ev: QtGui.QWheelEvent) -> None:  # noqa: N802 (Qt naming)
         """Pass the wheel on with the current position and Ctrl/Shift state (the base class sends
-        only the turn, so VTK would see the modifiers of some earlier event)."""
+        only the turn, so VTK would see the modifiers of some earlier event). Some platforms turn
+        Shift+wheel into a horizontal turn; that counts as the same turn (Shift+wheel sizes the brush)."""
         ctrl, shift = self._GetCtrlShift(ev)
         self._setEventInformation(ev.position().x(), ev.position().y(), ctrl, shift, chr(0), 0, None)
-        super().wheelEvent(ev)
+        delta = ev.angleDelta()
+        self._wheel_delta += delta.y() if delta.y() else delta.x()
+        if self._wheel_delta >= 120:
+            self._wheel_delta = 0
+            self._Iren.MouseWheelForwardEvent()
+        elif self._wheel_delta <= -120:
+            self._wheel_delta = 0
+            self._Iren.MouseWheelBackwardEvent()
 
     def render_now(self) -> None:
         """Render synchronously (Qt's ``update()`` only schedules a paint)."""

@@ -1,9 +1,11 @@
 """The nodule list: every nodule with its texture name and diameter; select, edit, add, delete.
 
 Selecting a nodule selects it in the document and moves the crosshair to its centre, so all views
-show it. The diameter and texture boxes edit the selected nodule; with nothing selected they set
-what "Add at crosshair" places. A nodule whose centre is outside the lung mask is marked with a
-warning sign, and the reason is shown under the list.
+show it. The boxes (diameter, texture, an optional ellipsoid's three axes, lobulation and
+spiculation) edit the selected nodule, and they always set what the next nodule looks like (the
+document's nodule template): what "Add at crosshair" and a click with the Place nodule tool put
+down. A nodule whose centre is outside the lung mask is marked with a warning sign, and the reason
+is shown under the list.
 """
 
 from __future__ import annotations
@@ -17,9 +19,10 @@ from land_gui import theme
 from land_gui.model.document import Document
 from land_gui.model.events import Event
 
-DEFAULT_DIAMETER_MM = 8.0
-DEFAULT_TEXTURE = 5
 WARNING_SIGN = "\u26a0"
+#: An ellipsoid's axes, relative to its longest one, when "Ellipsoid" is first ticked.
+ELLIPSOID_RATIOS = (1.0, 0.8, 0.6)
+MIN_DIAMETER_MM, MAX_DIAMETER_MM = 1.0, 60.0
 
 
 def texture_icon(texture: int, size: int = 12) -> QtGui.QIcon:
@@ -50,26 +53,35 @@ class NodulePanel(QtWidgets.QWidget):
         self.list.currentRowChanged.connect(self._row_changed)
         self.list.installEventFilter(self)
 
-        self.diameter = QtWidgets.QDoubleSpinBox(self)
-        self.diameter.setObjectName("diameter")
-        self.diameter.setRange(1.0, 60.0)
-        self.diameter.setSingleStep(0.5)
-        self.diameter.setDecimals(1)
-        self.diameter.setSuffix(" mm")
-        self.diameter.setKeyboardTracking(False)
-        self.diameter.setValue(DEFAULT_DIAMETER_MM)
+        template = document.nodule_template
+        self.diameter = self._mm_spin("diameter", template.diameter_mm)
+        self.diameter.setToolTip("The longest diameter (an ellipsoid's axes scale with it); Shift+drag in a view")
         self.diameter.valueChanged.connect(self._diameter_changed)
         self.texture = QtWidgets.QSpinBox(self)
         self.texture.setObjectName("texture")
         self.texture.setRange(1, 5)
         self.texture.setKeyboardTracking(False)
-        self.texture.setValue(DEFAULT_TEXTURE)
+        self.texture.setValue(template.texture)
         self.texture.valueChanged.connect(self._texture_changed)
-        self.texture_name = QtWidgets.QLabel(TEXTURE_NAMES[DEFAULT_TEXTURE], self)
+        self.texture_name = QtWidgets.QLabel(TEXTURE_NAMES[template.texture], self)
         self.texture_name.setMinimumWidth(120)
         texture_row = QtWidgets.QHBoxLayout()
         texture_row.addWidget(self.texture)
         texture_row.addWidget(self.texture_name, 1)
+        self.ellipsoid = QtWidgets.QCheckBox("Ellipsoid", self)
+        self.ellipsoid.setObjectName("ellipsoid")
+        self.ellipsoid.setToolTip("Give the nodule three axes of its own instead of a sphere")
+        self.ellipsoid.toggled.connect(self._ellipsoid_toggled)
+        self.axes = [self._mm_spin(f"axis_{k}", template.diameter_mm) for k in "abc"]
+        axes_row = QtWidgets.QHBoxLayout()
+        for box in self.axes:
+            box.setToolTip("Full length of one ellipsoid axis (the longest is the diameter)")
+            box.valueChanged.connect(self._axes_changed)
+            axes_row.addWidget(box, 1)
+        self.lobulation = self._fraction_spin("lobulation", "How lobulated the surface is, 0 (smooth) to 1")
+        self.spiculation = self._fraction_spin("spiculation", "How many and how long its spikes are, 0 to 1")
+        self.lobulation.valueChanged.connect(lambda v: self._edit(lobulation=float(v)))
+        self.spiculation.valueChanged.connect(lambda v: self._edit(spiculation=float(v)))
 
         self.add_button = QtWidgets.QPushButton("Add at crosshair", self)
         self.add_button.setToolTip("Place a nodule of this diameter and texture at the crosshair")
@@ -85,6 +97,9 @@ class NodulePanel(QtWidgets.QWidget):
         form = QtWidgets.QFormLayout()
         form.addRow("Diameter", self.diameter)
         form.addRow("Texture", texture_row)
+        form.addRow(self.ellipsoid, axes_row)
+        form.addRow("Lobulation", self.lobulation)
+        form.addRow("Spiculation", self.spiculation)
         buttons = QtWidgets.QHBoxLayout()
         buttons.addWidget(self.add_button)
         buttons.addWidget(self.delete_button)
@@ -95,26 +110,65 @@ class NodulePanel(QtWidgets.QWidget):
         layout.addLayout(form)
         layout.addLayout(buttons)
 
-        for name in ("ct", "nodules", "lung_mask"):
+        # a lung-mask edit also emits nodules(action="flags"), which updates the warning signs
+        for name in ("ct", "nodules"):
             document.events[name].connect(self._rebuild)
         document.events.selection.connect(self._on_selection)
+        document.events.tool.connect(self._on_tool)
         self._rebuild(None)
+
+    def _mm_spin(self, name: str, value: float) -> QtWidgets.QDoubleSpinBox:
+        box = QtWidgets.QDoubleSpinBox(self)
+        box.setObjectName(name)
+        box.setRange(MIN_DIAMETER_MM, MAX_DIAMETER_MM)
+        box.setSingleStep(0.5)
+        box.setDecimals(1)
+        box.setSuffix(" mm")
+        box.setKeyboardTracking(False)
+        box.setValue(value)
+        return box
+
+    def _fraction_spin(self, name: str, tip: str) -> QtWidgets.QDoubleSpinBox:
+        box = QtWidgets.QDoubleSpinBox(self)
+        box.setObjectName(name)
+        box.setRange(0.0, 1.0)
+        box.setSingleStep(0.1)
+        box.setDecimals(2)
+        box.setKeyboardTracking(False)
+        box.setToolTip(tip)
+        return box
 
     # ------------------------------------------------------------------ model -> panel
     def _rebuild(self, event: Event | None) -> None:
         doc = self.document
+        if getattr(event, "action", None) == "flags" and self.list.count() == doc.n_nodules:
+            self._update_flags()  # a lung-mask edit (each brush dab): only the warnings can change
+            return
         blocker = QtCore.QSignalBlocker(self.list)
         self.list.clear()
+        for spec in doc.nodules:
+            self.list.addItem(QtWidgets.QListWidgetItem(texture_icon(spec.texture), ""))
+        del blocker
+        self._update_flags()
+        self.add_button.setEnabled(doc.ct is not None)
+        self._on_selection(None)
+
+    def _update_flags(self) -> None:
+        """Each row's text and tooltip (with the warning sign), and the warning under the list."""
+        doc = self.document
         for i, spec in enumerate(doc.nodules):
             warning = doc.nodule_warning(i)
             text = doc.describe_nodule(i) + (f"  {WARNING_SIGN}" if warning else "")
-            item = QtWidgets.QListWidgetItem(texture_icon(spec.texture), text)
             x, y, z = spec.center_mm
-            item.setToolTip(f"centre ({x:.1f}, {y:.1f}, {z:.1f}) mm LPS" + (f"\n{warning}" if warning else ""))
-            self.list.addItem(item)
-        del blocker
-        self.add_button.setEnabled(doc.ct is not None)
-        self._on_selection(None)
+            tip = f"centre ({x:.1f}, {y:.1f}, {z:.1f}) mm LPS" + (f"\n{warning}" if warning else "")
+            item = self.list.item(i)
+            if item.text() != text:
+                item.setText(text)
+            if item.toolTip() != tip:
+                item.setToolTip(tip)
+        index = doc.selected_nodule
+        warning = doc.nodule_warning(index) if index is not None else None
+        self.warning.setText(f"{WARNING_SIGN} Nodule {index + 1}: {warning}" if warning else "")
 
     def _on_selection(self, event: Event | None) -> None:
         doc = self.document
@@ -125,18 +179,31 @@ class NodulePanel(QtWidgets.QWidget):
         self.delete_button.setEnabled(index is not None)
         if index is None:
             self.warning.setText("")
+            self._show_values(doc.nodule_template)
             return
-        spec = doc.nodule(index)
-        self._show_values(spec.diameter_mm, spec.texture)
+        self._show_values(doc.nodule(index))
         warning = doc.nodule_warning(index)
         self.warning.setText(f"{WARNING_SIGN} Nodule {index + 1}: {warning}" if warning else "")
 
-    def _show_values(self, diameter: float, texture: int) -> None:
-        for box, value in ((self.diameter, diameter), (self.texture, texture)):
+    def _on_tool(self, event: Event | None) -> None:
+        if getattr(event, "name", None) == "nodule_template" and self.document.selected_nodule is None:
+            self._show_values(self.document.nodule_template)
+
+    def _show_values(self, spec: NoduleSpec) -> None:
+        """Show a nodule's (or the template's) values without editing anything."""
+        axes = spec.axes_mm if spec.axes_mm is not None else (spec.diameter_mm,) * 3
+        values = [(self.diameter, spec.diameter_mm), (self.texture, spec.texture), (self.lobulation, spec.lobulation),
+                  (self.spiculation, spec.spiculation), *zip(self.axes, axes)]
+        for box, value in values:
             blocker = QtCore.QSignalBlocker(box)
             box.setValue(value)
             del blocker
-        self.texture_name.setText(TEXTURE_NAMES[int(texture)])
+        blocker = QtCore.QSignalBlocker(self.ellipsoid)
+        self.ellipsoid.setChecked(spec.axes_mm is not None)
+        del blocker
+        for box in self.axes:
+            box.setEnabled(spec.axes_mm is not None)
+        self.texture_name.setText(TEXTURE_NAMES[int(spec.texture)])
 
     # ------------------------------------------------------------------ panel -> model
     def _row_changed(self, row: int) -> None:
@@ -148,11 +215,13 @@ class NodulePanel(QtWidgets.QWidget):
             doc.select_nodule(None)
 
     def _edit(self, **changes) -> None:
-        index = self.document.selected_nodule
-        if index is None:
-            return
+        """Apply ``changes`` to the selected nodule (one undo step) and to the template."""
+        doc = self.document
+        index = doc.selected_nodule
         try:
-            self.document.update_nodule(index, **changes)
+            if index is not None:
+                doc.update_nodule(index, **changes)
+            doc.set_nodule_template(**changes)
         except LandError as exc:
             self.error.emit(str(exc))
             self._on_selection(None)
@@ -164,13 +233,27 @@ class NodulePanel(QtWidgets.QWidget):
         self.texture_name.setText(TEXTURE_NAMES[int(value)])
         self._edit(texture=int(value))
 
+    def _ellipsoid_toggled(self, on: bool) -> None:
+        d = self.diameter.value()
+        for box in self.axes:
+            box.setEnabled(on)
+        self._edit(axes_mm=tuple(d * r for r in ELLIPSOID_RATIOS) if on else None)
+
+    def _axes_changed(self, _value: float) -> None:
+        if not self.ellipsoid.isChecked():
+            return
+        axes = tuple(float(box.value()) for box in self.axes)
+        self._edit(axes_mm=axes, diameter_mm=max(axes))
+
     def add_at_crosshair(self) -> None:
-        """Place a nodule of the chosen diameter and texture at the crosshair, and select it."""
+        """Place a nodule like the template (the values shown) at the crosshair, and select it."""
         doc = self.document
         if doc.ct is None:
             return
-        spec = NoduleSpec(tuple(doc.crosshair), self.diameter.value(), self.texture.value())
-        doc.select_nodule(doc.add_nodule(spec))
+        try:
+            doc.place_nodule(doc.crosshair)
+        except LandError as exc:
+            self.error.emit(str(exc))
 
     def delete_selected(self) -> None:
         """Remove the selected nodule."""
@@ -187,6 +270,7 @@ class NodulePanel(QtWidgets.QWidget):
 
     def detach(self) -> None:
         """Stop following the document."""
-        for name in ("ct", "nodules", "lung_mask"):
+        for name in ("ct", "nodules"):
             self.document.events[name].disconnect(self._rebuild)
         self.document.events.selection.disconnect(self._on_selection)
+        self.document.events.tool.disconnect(self._on_tool)

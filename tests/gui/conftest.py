@@ -20,6 +20,27 @@ def chest() -> tuple[Volume, Volume]:
     return make_chest()
 
 
+@pytest.fixture(scope="session", autouse=True)
+def private_settings_and_autosaves(tmp_path_factory):
+    """Keep the app's settings (recent files) and autosaves out of the user's folders: QSettings
+    and LAND_STUDIO_AUTOSAVE_DIR point into this run's temporary folder."""
+    try:
+        from PySide6 import QtCore
+    except ImportError:
+        QtCore = None
+    root = tmp_path_factory.mktemp("user")
+    if QtCore is not None:
+        QtCore.QSettings.setPath(QtCore.QSettings.Format.IniFormat, QtCore.QSettings.Scope.UserScope,
+                                 str(root / "settings"))
+    before = os.environ.get("LAND_STUDIO_AUTOSAVE_DIR")
+    os.environ["LAND_STUDIO_AUTOSAVE_DIR"] = str(root / "autosave")
+    yield root
+    if before is None:
+        os.environ.pop("LAND_STUDIO_AUTOSAVE_DIR", None)
+    else:
+        os.environ["LAND_STUDIO_AUTOSAVE_DIR"] = before
+
+
 @pytest.fixture(autouse=True)
 def strict_events():
     """A failing event callback fails the test instead of being logged."""
