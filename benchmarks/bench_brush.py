@@ -23,8 +23,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import platform
 import statistics
 import sys
 import time
@@ -33,7 +31,9 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
 
+from machine import describe_machine  # noqa: E402
 from land_core.volume import Volume  # noqa: E402
 from land_gui.model.document import Document  # noqa: E402
 
@@ -42,18 +42,7 @@ SPACING_MM = (0.7, 0.7, 1.0)  # a typical chest CT: 0.7 mm pixels, 1 mm slices
 
 
 def machine() -> dict:
-    try:
-        load = [round(v, 2) for v in os.getloadavg()]
-    except OSError:
-        load = None
-    return {
-        "platform": platform.platform(),
-        "processor": platform.processor() or platform.machine(),
-        "cpu_count": os.cpu_count(),
-        "load_average_1_5_15min": load,
-        "python": platform.python_version(),
-        "numpy": np.__version__,
-    }
+    return describe_machine()
 
 
 def make_document() -> Document:

@@ -14,37 +14,23 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import platform
 import statistics
 import sys
 import time
 from pathlib import Path
 
-import numpy as np
-import scipy
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
 
+from machine import describe_machine  # noqa: E402
 from land_core.data.phantom import PhantomConfig, make_phantom  # noqa: E402
 
 CASES = [(128, 2.0), (256, 1.0)]
 
 
 def machine() -> dict:
-    try:
-        load = [round(v, 2) for v in os.getloadavg()]
-    except OSError:
-        load = None
-    return {
-        "platform": platform.platform(),
-        "processor": platform.processor() or platform.machine(),
-        "cpu_count": os.cpu_count(),
-        "load_average_1_5_15min": load,
-        "python": platform.python_version(),
-        "numpy": np.__version__,
-        "scipy": scipy.__version__,
-    }
+    return describe_machine()
 
 
 def bench(size: int, spacing: float, repeats: int) -> dict:
