@@ -69,6 +69,11 @@ class LatentDiffusionConfig:
     is the U-Net's ``condition_mode`` (written at the top level too, for people and other tools).
     ``latent_scale_factor`` multiplies VAE latents before diffusion (and divides samples before
     decoding), to give them roughly unit variance.
+
+    ``image_size`` and ``image_spacing`` are the model's grid: the cube (voxels per axis, isotropic
+    mm) it was trained on and generates on (LAND: 256 voxels at 1 mm).
+    :func:`land_core.generation_grid.plan_model_grid` fits a person's condition onto it. Configs
+    written before these fields existed load with the defaults (the paper's grid).
     """
 
     vae: VAEConfig = field(default_factory=VAEConfig)
@@ -76,10 +81,24 @@ class LatentDiffusionConfig:
     diffusion: DiffusionConfig = field(default_factory=DiffusionConfig)
     intensity: IntensityMapping = field(default_factory=IntensityMapping)
     latent_scale_factor: float = 1.0
+    image_size: int = 256
+    image_spacing: float = 1.0
 
     def __post_init__(self) -> None:
         if not (np.isfinite(self.latent_scale_factor) and self.latent_scale_factor > 0):
             raise ValueError(f"latent_scale_factor must be positive, got {self.latent_scale_factor}")
+        if isinstance(self.image_size, bool) or not isinstance(self.image_size, int) or self.image_size < 1:
+            raise ValueError(f"image_size must be a positive number of voxels, got {self.image_size!r}")
+        if not (np.isfinite(self.image_spacing) and self.image_spacing > 0):
+            raise ValueError(f"image_spacing must be a positive number of mm, got {self.image_spacing!r}")
+        f = self.vae.downsample_factor
+        if self.image_size % f:
+            raise ValueError(f"image_size ({self.image_size}) must be a multiple of the VAE's downsampling ({f})")
+        if self.unet is not None and (self.image_size // f) % self.unet.size_multiple:
+            raise ValueError(
+                f"image_size ({self.image_size}) gives a {self.image_size // f}-voxel latent, which the U-Net "
+                f"({len(self.unet.channel_multipliers)} levels) needs to be a multiple of {self.unet.size_multiple}"
+            )
         if self.unet is not None:
             if self.unet.latent_channels != self.vae.latent_channels:
                 raise ValueError(
@@ -97,12 +116,19 @@ class LatentDiffusionConfig:
         """The U-Net's condition mode (None for a VAE-only checkpoint)."""
         return None if self.unet is None else self.unet.condition_mode
 
+    @property
+    def latent_size(self) -> int:
+        """Voxels per axis of the model's latent grid (``image_size / vae.downsample_factor``)."""
+        return self.image_size // self.vae.downsample_factor
+
     def to_dict(self) -> dict[str, Any]:
         return {
             "format": FORMAT_NAME,
             "format_version": FORMAT_VERSION,
             "conditioning_mode": self.conditioning_mode,
             "latent_scale_factor": self.latent_scale_factor,
+            "image_size": self.image_size,
+            "image_spacing": self.image_spacing,
             "intensity": self.intensity.to_dict(),
             "vae": self.vae.to_dict(),
             "unet": None if self.unet is None else self.unet.to_dict(),
@@ -115,7 +141,7 @@ class LatentDiffusionConfig:
         if not isinstance(data, dict):
             raise ValueError(f"the config must be a JSON object, got {type(data).__name__}")
         known = {"format", "format_version", "conditioning_mode", "latent_scale_factor", "intensity", "vae", "unet",
-                 "diffusion"}
+                 "diffusion", "image_size", "image_spacing"}
         unknown = sorted(set(data) - known)
         if unknown:
             raise ValueError(f"unknown key(s) {', '.join(unknown)}; known keys: {', '.join(sorted(known))}")
@@ -130,6 +156,12 @@ class LatentDiffusionConfig:
         scale = data.get("latent_scale_factor", 1.0)
         if isinstance(scale, bool) or not isinstance(scale, (int, float)):
             raise ValueError(f"latent_scale_factor must be a number, got {scale!r}")
+        size = data.get("image_size", 256)  # absent in configs written before the model grid was stored
+        if isinstance(size, bool) or not isinstance(size, int):
+            raise ValueError(f"image_size must be an integer, got {size!r}")
+        spacing = data.get("image_spacing", 1.0)
+        if isinstance(spacing, bool) or not isinstance(spacing, (int, float)):
+            raise ValueError(f"image_spacing must be a number, got {spacing!r}")
         unet = None if data.get("unet") is None else UNetConfig.from_dict(data["unet"])
         config = cls(
             vae=VAEConfig.from_dict(data["vae"]),
@@ -137,6 +169,8 @@ class LatentDiffusionConfig:
             diffusion=DiffusionConfig.from_dict(data["diffusion"]),
             intensity=IntensityMapping.from_dict(data.get("intensity", {})),
             latent_scale_factor=float(scale),
+            image_size=size,
+            image_spacing=float(spacing),
         )
         mode = data.get("conditioning_mode")
         if mode != config.conditioning_mode:
