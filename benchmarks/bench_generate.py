@@ -28,7 +28,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import subprocess
 import sys
 import tempfile
@@ -37,6 +36,8 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from machine import describe_machine  # noqa: E402
 
 FIELD_OF_VIEW_MM = 256.0  # every size covers the same chest: 64^3 at 4 mm ... 256^3 at 1 mm
 
@@ -253,27 +254,10 @@ def compare_fast_vs_ddpm(device: str = "cpu", size: int = 32, fast_steps: int = 
 
 
 def machine_info(threads: int, device: str) -> dict:
-    import torch
-
-    cpu = platform.processor() or platform.machine()
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    info = {
-        "platform": platform.platform(),
-        "cpu_model": cpu,
-        "cpu_count": os.cpu_count(),
-        "threads": threads,
-        "python": platform.python_version(),
-        "torch": torch.__version__,
-        "load_average_1_5_15min": [round(v, 2) for v in os.getloadavg()] if hasattr(os, "getloadavg") else None,
-    }
+    info = describe_machine(device=device, threads=threads)
     if device.startswith("cuda"):
-        info["gpu"] = torch.cuda.get_device_name(0)
+        import torch
+
         info["cuda"] = torch.version.cuda
     return info
 

@@ -17,7 +17,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import resource
 import subprocess
 import sys
@@ -27,6 +26,8 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from machine import describe_machine  # noqa: E402
 
 SETTINGS = {
     "whole": {},
@@ -167,9 +168,7 @@ def main() -> None:
         "latent_shape": [4, args.latent, args.latent, args.latent],
         "device": args.device,
         "threads": args.threads,
-        "torch": torch.__version__,
-        "machine": platform.machine(),
-        "cpu_count": os.cpu_count(),
+        "machine": describe_machine(device=args.device, threads=args.threads),
         "note": "peak_rss_mb is the whole child process (Python + torch + model); compare settings with each other",
         "settings": results,
     }
