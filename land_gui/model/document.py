@@ -163,6 +163,7 @@ class Document:
         self._crosshair = np.zeros(3)
         self._window, self._level = WINDOW_PRESETS["lung"]
         self._mask_opacity = DEFAULT_MASK_OPACITY
+        self._mask_outline = False
         self._name = "Untitled"
         self._ct_path: Path | None = None
         self._lung_mask_path: Path | None = None
@@ -230,6 +231,11 @@ class Document:
     def mask_opacity(self) -> float:
         """Opacity of the lung-mask overlay in the slice views, 0..1."""
         return self._mask_opacity
+
+    @property
+    def mask_outline(self) -> bool:
+        """Show the lung mask as its outline (True) or as a filled overlay (False)."""
+        return self._mask_outline
 
     @property
     def name(self) -> str:
@@ -1075,6 +1081,13 @@ class Document:
         if value != self._mask_opacity:
             self._mask_opacity = value
             self.events.display.emit(name="mask_opacity", value=value)
+
+    def set_mask_outline(self, outline: bool) -> None:
+        """Draw the lung overlay as outlines (True) or filled (False)."""
+        value = bool(outline)
+        if value != self._mask_outline:
+            self._mask_outline = value
+            self.events.display.emit(name="mask_outline", value=value)
 
     def probe(self, position_mm: Sequence[float]) -> Probe | None:
         """The voxel nearest ``position_mm`` with its CT value and lung label; None outside the CT."""

@@ -35,6 +35,8 @@ from PySide6 import QtCore, QtGui, QtWidgets
 from vtkmodules.vtkCommonCore import vtkLookupTable
 from vtkmodules.vtkFiltersCore import vtkSurfaceNets2D
 from vtkmodules.vtkImagingCore import vtkImageMapToColors, vtkImageReslice
+from vtkmodules.vtkImagingMath import vtkImageMathematics
+from vtkmodules.vtkImagingMorphological import vtkImageContinuousErode3D
 from vtkmodules.vtkInteractionStyle import vtkInteractorStyleImage
 from vtkmodules.vtkRenderingAnnotation import vtkCornerAnnotation
 from vtkmodules.vtkRenderingCore import vtkActor, vtkImageActor, vtkPolyDataMapper, vtkRenderer
@@ -160,6 +162,14 @@ class SliceView(QtWidgets.QWidget):
             shade = 1.0 if label % 2 else 0.8  # left and right lungs in slightly different shades
             lut.SetTableValue(label, *(c * shade for c in theme.LUNG), 1.0)
         lut.Build()
+        # outline mode: the mask minus its in-plane erosion leaves each label's boundary pixels
+        self._mask_eroded = vtkImageContinuousErode3D()
+        self._mask_eroded.SetKernelSize(3, 3, 1)
+        self._mask_eroded.SetInputConnection(self._mask_reslice.GetOutputPort())
+        self._mask_boundary = vtkImageMathematics()
+        self._mask_boundary.SetOperationToSubtract()
+        self._mask_boundary.SetInputConnection(0, self._mask_reslice.GetOutputPort())
+        self._mask_boundary.SetInputConnection(1, self._mask_eroded.GetOutputPort())
         self._mask_colors = vtkImageMapToColors()
         self._mask_colors.SetLookupTable(lut)
         self._mask_colors.SetOutputFormatToRGBA()
@@ -498,7 +508,11 @@ class SliceView(QtWidgets.QWidget):
         self.request_render()
 
     def _on_display(self, event: Event | None) -> None:
-        self._mask_actor.SetOpacity(self.document.mask_opacity)
+        source = self._mask_boundary if self.document.mask_outline else self._mask_reslice
+        self._mask_colors.SetInputConnection(source.GetOutputPort())
+        # an outline is thin: draw it more opaque than a fill, so it stays visible
+        opacity = self.document.mask_opacity
+        self._mask_actor.SetOpacity(max(opacity, 0.8) if self.document.mask_outline and opacity > 0 else opacity)
         self._mask_actor.SetVisibility(self.document.mask_opacity > 0 and self.document.lung_mask is not None)
         self.request_render()
 

@@ -1,4 +1,4 @@
-"""Display settings: CT window preset, window width and level, lung overlay opacity."""
+"""Display settings: CT window preset, window width and level, lung overlay opacity and outline mode."""
 
 from __future__ import annotations
 
@@ -34,6 +34,13 @@ class DisplayPanel(QtWidgets.QWidget):
         self.opacity.setRange(0, 100)
         self.opacity.setToolTip("Opacity of the lung mask over the CT in the slice views")
         self.opacity.valueChanged.connect(lambda v: self.document.set_mask_opacity(v / 100.0))
+        self.outline = QtWidgets.QCheckBox("Outline", self)
+        self.outline.setObjectName("mask_outline")
+        self.outline.setToolTip("Draw the lung mask as its outline instead of a filled overlay")
+        self.outline.toggled.connect(self.document.set_mask_outline)
+        overlay = QtWidgets.QHBoxLayout()
+        overlay.addWidget(self.opacity, 1)
+        overlay.addWidget(self.outline)
         wl = QtWidgets.QHBoxLayout()
         wl.addWidget(QtWidgets.QLabel("W", self))
         wl.addWidget(self.window, 1)
@@ -43,7 +50,7 @@ class DisplayPanel(QtWidgets.QWidget):
         form.setContentsMargins(4, 4, 4, 4)
         form.addRow("Window", self.preset)
         form.addRow("", wl)
-        form.addRow("Lung overlay", self.opacity)
+        form.addRow("Lung overlay", overlay)
         document.events.window_level.connect(self._sync)
         document.events.display.connect(self._sync)
         self._sync(None)
@@ -64,6 +71,9 @@ class DisplayPanel(QtWidgets.QWidget):
             blocker = QtCore.QSignalBlocker(widget)
             widget.setValue(int(round(value)))
             del blocker
+        blocker = QtCore.QSignalBlocker(self.outline)
+        self.outline.setChecked(doc.mask_outline)
+        del blocker
         blocker = QtCore.QSignalBlocker(self.preset)
         name = doc.window_preset
         self.preset.setCurrentIndex(self.preset.findData(name) if name else self.preset.count() - 1)

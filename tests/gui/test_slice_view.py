@@ -66,6 +66,7 @@ def fresh(views):
     doc = views.doc
     doc.apply_window_preset("lung")
     doc.set_mask_opacity(0.3)
+    doc.set_mask_outline(False)
     doc.select_nodule(None)
     doc.set_crosshair(CROSSHAIR)
     return views
@@ -243,3 +244,22 @@ def test_mask_edit_redraws_the_slice(fresh):
     finally:
         doc.edit_lung_mask(box, old)
     assert fresh.pixel("axial", BODY_POINT).min() > 200
+
+
+def _tinted_pixels(view) -> int:
+    rgb = view.capture().astype(int)
+    return int(((rgb[..., 1] > rgb[..., 0] + 25) & (rgb[..., 1] > rgb[..., 2] + 10)).sum())
+
+
+def test_outline_mode_draws_only_the_lung_boundary(fresh):
+    axial = fresh["axial"]
+    filled = _tinted_pixels(axial)
+    fresh.doc.set_mask_outline(True)
+    try:
+        outlined = _tinted_pixels(axial)
+        interior = fresh.pixel("axial", LUNG_POINT)
+        assert close_to(interior, (85, 85, 85), 8), interior  # the inside of the lung is not tinted
+        assert 0 < outlined < filled / 4, (outlined, filled)  # a thin boundary, not the whole lung
+    finally:
+        fresh.doc.set_mask_outline(False)
+    assert _tinted_pixels(axial) == filled
