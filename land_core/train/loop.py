@@ -22,6 +22,7 @@ the current step, with a checkpoint to resume from.
 
 from __future__ import annotations
 
+import abc
 import logging
 import math
 import random
@@ -100,7 +101,7 @@ def lr_lambda(cfg: StageConfig) -> Callable[[int], float]:
     return factor
 
 
-class StageTrainer:
+class StageTrainer(abc.ABC):
     """Base of the two stages; see the module docstring for the order of things."""
 
     stage: str = ""
@@ -135,28 +136,30 @@ class StageTrainer:
         self._interval_losses: list[float] = []
         self.last_checkpoint: Path | None = None
 
-    # ------------------------------------------------------------------ to implement
+    # ------------------------------------------------------------------ each stage implements these
+    @abc.abstractmethod
     def build(self, resume_from: Path | None) -> None:
         """Build networks (seeded), optimisers and schedulers; load weights from ``resume_from``."""
-        raise NotImplementedError
 
+    @abc.abstractmethod
     def wrap_distributed(self) -> None:
         """Wrap the trained networks in DDP (called after loading, only with several processes)."""
-        raise NotImplementedError
 
+    @abc.abstractmethod
     def dataset(self) -> Dataset:
-        raise NotImplementedError
+        """The stage's training samples (patches for the VAE, volumes or latents for the LDM)."""
 
+    @abc.abstractmethod
     def train_step(self, batch: dict[str, Any], step: int) -> dict[str, float]:
         """One optimisation step on this rank's batch; returns losses averaged over ranks."""
-        raise NotImplementedError
 
     def validation_loss(self) -> float | None:
         """The loss on fixed validation samples (rank 0, no gradients), or None."""
         return None
 
+    @abc.abstractmethod
     def checkpoint_payload(self) -> CheckpointPayload:
-        raise NotImplementedError
+        """What a checkpoint folder of this stage holds (networks, config, metadata)."""
 
     def extra_state(self) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
         """Tensors and JSON the stage needs besides optimisers/schedulers (discriminator, EMA count)."""
