@@ -123,6 +123,29 @@ def _monai_kwargs(schedule: NoiseSchedule) -> dict:
 # ---------------------------------------------------------------------------------- samplers
 
 
+def _monai_loop(
+    scheduler,
+    step_kwargs: dict,
+    model_fn: ModelFn,
+    x: torch.Tensor,
+    generator: torch.Generator | None,
+    cancel: CancelFn | None,
+    post_step: PostStepFn | None,
+) -> Iterator[SamplerStep]:
+    """Run a MONAI scheduler over its timesteps: cancel check, model call, step, post-step hook."""
+    timesteps = [int(t) for t in scheduler.timesteps]
+    num_steps = len(timesteps)
+    for i, t in enumerate(timesteps):
+        if cancel is not None and cancel():
+            raise SamplingCancelled(i, num_steps)
+        out = model_fn(x, _t_batch(t, x))
+        x, x0 = scheduler.step(out, t, x, generator=generator, **step_kwargs)
+        t_next = timesteps[i + 1] if i + 1 < num_steps else -1
+        if post_step is not None:
+            x = post_step(x, t_next)
+        yield SamplerStep(i + 1, num_steps, x if t_next < 0 else x0)
+
+
 def ddpm_sampler(
     model_fn: ModelFn,
     schedule: NoiseSchedule,
@@ -153,16 +176,7 @@ def ddpm_sampler(
     scheduler = DDPMScheduler(variance_type="fixed_small", **_monai_kwargs(schedule))
     scheduler.set_timesteps(num_steps)
     x = _initial_noise(shape, x_T, generator, device, dtype)
-    timesteps = [int(t) for t in scheduler.timesteps]
-    for i, t in enumerate(timesteps):
-        if cancel is not None and cancel():
-            raise SamplingCancelled(i, num_steps)
-        out = model_fn(x, _t_batch(t, x))
-        x, x0 = scheduler.step(out, t, x, generator=generator)
-        t_next = timesteps[i + 1] if i + 1 < num_steps else -1
-        if post_step is not None:
-            x = post_step(x, t_next)
-        yield SamplerStep(i + 1, num_steps, x if t_next < 0 else x0)
+    yield from _monai_loop(scheduler, {}, model_fn, x, generator, cancel, post_step)
 
 
 def ddim_sampler(
@@ -192,17 +206,8 @@ def ddim_sampler(
     scheduler.set_timesteps(num_steps)
     # MONAI's step() goes back by k = T // n, so put the evaluations on that grid, ending at t=0.
     scheduler.timesteps = torch.arange(num_steps - 1, -1, -1, dtype=torch.long) * k
-    timesteps = [int(t) for t in scheduler.timesteps]
     x = _initial_noise(shape, x_T, generator, device, dtype)
-    for i, t in enumerate(timesteps):
-        if cancel is not None and cancel():
-            raise SamplingCancelled(i, num_steps)
-        out = model_fn(x, _t_batch(t, x))
-        x, x0 = scheduler.step(out, t, x, eta=eta, generator=generator)
-        t_next = timesteps[i + 1] if i + 1 < num_steps else -1
-        if post_step is not None:
-            x = post_step(x, t_next)
-        yield SamplerStep(i + 1, num_steps, x if t_next < 0 else x0)
+    yield from _monai_loop(scheduler, {"eta": eta}, model_fn, x, generator, cancel, post_step)
 
 
 def dpm_solver_timesteps(schedule: NoiseSchedule, num_steps: int, spacing: str = "logsnr") -> list[int]:
