@@ -158,9 +158,9 @@ def read_volume(path: str | os.PathLike, *, allow_nan: bool = False) -> Volume:
     try:
         volume = Volume.from_sitk(image)
         if not allow_nan:
-            volume.check_finite("the image")
             if ending.startswith(".nii"):
-                _check_nifti_nan(p)
+                _check_nifti_nan(p)  # first: ITK has already replaced (most) NaN by 0
+            volume.check_finite("the image")
     except VolumeError as exc:
         raise ImageFileError(p, str(exc)) from None
     return volume

@@ -69,6 +69,15 @@ def test_nan_volume_is_refused(tmp_path, ending):
     assert read_volume(path, allow_nan=True).shape == (4, 5, 6)
 
 
+def test_all_nan_nifti_counts_every_nan(tmp_path):
+    import nibabel as nib
+
+    path = tmp_path / "allnan.nii.gz"
+    nib.save(nib.Nifti1Image(np.full((8, 8, 8), np.nan, np.float32), np.eye(4)), str(path))
+    with pytest.raises(ImageFileError, match="allnan.nii.gz: the image holds 512 NaN"):
+        read_volume(path)
+
+
 def test_missing_and_unsupported(tmp_path):
     with pytest.raises(ImageFileError, match="no such file"):
         read_volume(tmp_path / "nope.nii.gz")
