@@ -6,7 +6,7 @@
 Modules: ``config`` (dataclasses, presets, ``--set``), ``data`` (validation, deterministic
 sampling, latent cache), ``loop`` (the shared loop: NaN guard, checkpoints, resume),
 ``vae_trainer`` / ``ldm_trainer`` (the two stages; the histogram-regulariser hook is documented in
-``ldm_trainer``), ``losses`` (perceptual and feature-matching terms), ``state`` / ``rundir``
+``ldm_trainer``; their loss terms are in ``land_core.losses``), ``state`` / ``rundir``
 (pickle-free training state, atomic checkpoint folders), ``distributed`` (torchrun/DDP),
 ``progress`` (events, JSON lines, TensorBoard), ``run`` (``train``), ``cli`` (``land train``).
 

@@ -39,7 +39,7 @@ from land_core.models.vae import LandVAE, build_vae, count_parameters
 from land_core.train.config import VAETrainConfig
 from land_core.train.data import PatchDataset, STREAM_NOISE, data_summary, reference_statistics
 from land_core.train.loop import CheckpointPayload, StageTrainer
-from land_core.train.losses import MedicalNetPerceptualLoss, feature_matching_loss, kl_loss
+from land_core.losses.vae import MedicalNetPerceptualLoss, feature_matching_loss, kl_loss
 
 log = logging.getLogger("land.train")
 

@@ -13,7 +13,7 @@ from safetensors.torch import save_file
 from land_core.errors import ConfigError
 from land_core.train.config import apply_overrides, train_preset
 from land_core.train.ldm_trainer import RegularizerInputs
-from land_core.train.losses import MedicalNetPerceptualLoss, feature_matching_loss
+from land_core.losses.vae import MedicalNetPerceptualLoss, feature_matching_loss
 from land_core.train.run import train
 
 

@@ -14,8 +14,8 @@
 * The adversarial term itself is MONAI's ``PatchAdversarialLoss`` (least squares) with MONAI's
   ``PatchDiscriminator``; both are used as they are.
 
-These live in ``train`` because only training uses them; they move to ``land_core.losses`` with
-the histogram regulariser if something else needs them.
+They live in ``land_core.losses`` (not ``train``) so that the metrics can reuse the MedicalNet
+backbone loader for FID without importing the trainers.
 """
 
 from __future__ import annotations
