@@ -44,7 +44,7 @@ import land_core
 from land_core.diffusion.schedule import DiffusionConfig
 from land_core.errors import CheckpointError
 from land_core.masks.condition import ConditionMode
-from land_core.models._config import config_from_dict
+from land_core.config import config_from_dict
 from land_core.models.unet import LandUNet, UNetConfig, build_unet
 from land_core.models.vae import LandVAE, VAEConfig, build_vae
 from land_core.preprocess import IntensityMapping

@@ -26,6 +26,8 @@ from typing import Any, Literal
 import torch
 from monai.networks.schedulers import NoiseSchedules
 
+from land_core.config import config_from_dict
+
 PredictionType = Literal["v_prediction", "epsilon", "sample"]
 BetaSchedule = Literal["linear", "scaled_linear"]
 
@@ -70,31 +72,7 @@ class DiffusionConfig:
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> "DiffusionConfig":
         """Inverse of :meth:`to_dict`; unknown keys or wrong types raise ``ValueError``."""
-        if not isinstance(data, dict):
-            raise ValueError(f"diffusion must be a JSON object, got {type(data).__name__}")
-        fields = {f.name: f for f in dataclasses.fields(cls)}
-        unknown = sorted(set(data) - set(fields))
-        if unknown:
-            raise ValueError(f"diffusion: unknown key(s) {', '.join(unknown)}; known keys: {', '.join(fields)}")
-        kinds = {"num_train_timesteps": int, "beta_schedule": str, "beta_start": float, "beta_end": float,
-                 "prediction_type": str, "min_snr_gamma": float, "condition_dropout": float}
-        out: dict[str, Any] = {}
-        for key, value in data.items():
-            kind = kinds[key]
-            if value is None and key == "min_snr_gamma":
-                out[key] = None
-            elif kind is int and (isinstance(value, bool) or not isinstance(value, int)):
-                raise ValueError(f"diffusion.{key} must be an integer, got {value!r}")
-            elif kind is float and (isinstance(value, bool) or not isinstance(value, (int, float))):
-                raise ValueError(f"diffusion.{key} must be a number, got {value!r}")
-            elif kind is str and not isinstance(value, str):
-                raise ValueError(f"diffusion.{key} must be a string, got {value!r}")
-            else:
-                out[key] = float(value) if kind is float else value
-        try:
-            return cls(**out)
-        except ValueError as exc:
-            raise ValueError(f"diffusion: {exc}") from exc
+        return config_from_dict(cls, data, "diffusion")
 
 
 # ---------------------------------------------------------------------------------- conversions

@@ -73,7 +73,7 @@ from torch import nn
 from torch.utils.checkpoint import checkpoint
 
 from land_core.masks.condition import CONDITION_MODES, LUNG_VALUE, ConditionMode, condition_channels
-from land_core.models._config import config_from_dict, config_to_dict
+from land_core.config import config_from_dict, config_to_dict
 
 UNetPresetName = Literal["land", "demo", "tiny"]
 ConditionPooling = Literal["max", "max_split"]

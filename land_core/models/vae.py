@@ -43,7 +43,7 @@ import torch
 from monai.apps.generation.maisi.networks.autoencoderkl_maisi import AutoencoderKlMaisi, MaisiConvolution
 from monai.inferers import sliding_window_inference
 
-from land_core.models._config import config_from_dict, config_to_dict
+from land_core.config import config_from_dict, config_to_dict
 
 VAEPresetName = Literal["land", "demo", "tiny"]
 

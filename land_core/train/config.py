@@ -16,7 +16,7 @@ one value). :func:`apply_overrides` applies command-line settings ``key=value`` 
 (``vae.perceptual_weights=/data/resnet_10_23dataset.pth``, ``vae.model.channels=16,32,32``); each
 value is parsed for the type of its dataclass field and unknown keys are errors that list the
 known ones. Conversion and type checks reuse the strict helpers of the model configs
-(:mod:`land_core.models._config`), extended here to nested dataclasses.
+(:mod:`land_core.config`), extended here to nested dataclasses.
 """
 
 from __future__ import annotations
@@ -32,7 +32,7 @@ from typing import Any, Literal
 
 from land_core.diffusion.schedule import DiffusionConfig
 from land_core.errors import ConfigError
-from land_core.models._config import _check_value
+from land_core.config import check_value
 from land_core.models.unet import UNetConfig, unet_preset
 from land_core.models.vae import VAEConfig, vae_preset
 from land_core.preprocess import IntensityMapping
@@ -362,7 +362,7 @@ def _from_dict(cls: type, data: Any, where: str) -> Any:
         if sub is not None and value is not None:
             kwargs[name] = _from_dict(sub, value, f"{where}.{name}")
         else:
-            kwargs[name] = _check_value(f"{where}.{name}", value, hints[name])
+            kwargs[name] = check_value(f"{where}.{name}", value, hints[name])
     try:
         return cls(**kwargs)
     except (TypeError, ValueError) as exc:

@@ -1,4 +1,4 @@
-"""Strict dict <-> dataclass conversion for the model configs saved next to the weights.
+"""Strict dict <-> dataclass conversion for every config saved next to weights or a training run.
 
 A config read back from ``config.json`` must rebuild exactly the network that was saved, so an
 unknown key (a typo, a file from a newer version) or a value of the wrong type is an error, not
@@ -16,7 +16,7 @@ from typing import Any, TypeVar
 T = TypeVar("T")
 
 
-def _check_value(name: str, value: Any, hint: Any) -> Any:
+def check_value(name: str, value: Any, hint: Any) -> Any:
     """Coerce JSON ``value`` to the dataclass field type ``hint`` (tuples from lists), or raise."""
     origin = typing.get_origin(hint)
     args = typing.get_args(hint)
@@ -28,7 +28,7 @@ def _check_value(name: str, value: Any, hint: Any) -> Any:
             if arg is type(None):
                 continue
             try:
-                return _check_value(name, value, arg)
+                return check_value(name, value, arg)
             except ValueError as exc:
                 errors.append(str(exc))
         raise ValueError(errors[0] if errors else f"{name}: unexpected value {value!r}")
@@ -40,7 +40,7 @@ def _check_value(name: str, value: Any, hint: Any) -> Any:
         if not isinstance(value, (list, tuple)):
             raise ValueError(f"{name} must be a list, got {type(value).__name__}")
         item = args[0] if args else Any
-        return tuple(_check_value(f"{name}[{i}]", v, item) for i, v in enumerate(value))
+        return tuple(check_value(f"{name}[{i}]", v, item) for i, v in enumerate(value))
     if origin is dict or hint is dict:
         if not isinstance(value, dict):
             raise ValueError(f"{name} must be an object, got {type(value).__name__}")
@@ -78,7 +78,7 @@ def config_from_dict(cls: type[T], data: Any, where: str = "") -> T:
     if unknown:
         raise ValueError(f"{label}: unknown key(s) {', '.join(unknown)}; known keys: {', '.join(fields)}")
     hints = typing.get_type_hints(cls)
-    kwargs = {name: _check_value(f"{label}.{name}", value, hints[name]) for name, value in data.items()}
+    kwargs = {name: check_value(f"{label}.{name}", value, hints[name]) for name, value in data.items()}
     try:
         return cls(**kwargs)
     except (TypeError, ValueError) as exc:
