@@ -43,6 +43,7 @@ from torch import nn
 import land_core
 from land_core.diffusion.schedule import DiffusionConfig
 from land_core.errors import CheckpointError
+from land_core.io.atomic import current_umask
 from land_core.masks.condition import ConditionMode
 from land_core.config import config_from_dict
 from land_core.models.unet import LandUNet, UNetConfig, build_unet
@@ -248,13 +249,17 @@ def save_checkpoint(
     unet_ema: nn.Module | Mapping[str, torch.Tensor] | None = None,
     metadata: CheckpointMetadata | None = None,
     overwrite: bool = False,
+    dtype: torch.dtype | None = None,
+    extra_files: Mapping[str, bytes] | None = None,
 ) -> Path:
     """Write a checkpoint folder atomically and return its path.
 
     ``vae``/``unet``/``unet_ema`` are modules or state dicts; they are checked against ``config``
     before anything is written (a mismatch raises :class:`CheckpointError`). ``unet`` is required
     when ``config.unet`` is set and refused when it is None. An existing folder is replaced only
-    with ``overwrite=True``.
+    with ``overwrite=True``. ``dtype`` (e.g. ``torch.float16``) stores floating-point weights in
+    that type (loading casts them back into the networks' float32); ``extra_files`` (name ->
+    bytes, e.g. a model card ``README.md``) are written into the folder in the same atomic step.
     """
     target = Path(folder)
     if target.exists() and not overwrite:
@@ -272,15 +277,26 @@ def save_checkpoint(
         weights[UNET_EMA_FILE] = _state_dict(unet_ema)
     for name, sd in weights.items():  # validate against fresh networks built from the config
         _check_state_dict(target / name, sd, _expected_shapes(config, name))
+    if dtype is not None:
+        weights = {name: {k: (v.to(dtype) if v.is_floating_point() else v) for k, v in sd.items()}
+                   for name, sd in weights.items()}
+    reserved = set(weights) | {CONFIG_FILE, METADATA_FILE}
+    for name in extra_files or {}:
+        if name in reserved or Path(name).name != name or name.startswith("."):
+            raise CheckpointError(target / name, "cannot be an extra file of a checkpoint (reserved or not a plain "
+                                                 "file name)")
 
     target.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent))
     try:
+        os.chmod(tmp, 0o777 & ~current_umask())  # mkdtemp makes it private; a checkpoint is a plain folder
         for name, sd in weights.items():
             save_file(sd, str(tmp / name), metadata={"format": "pt", "land_component": name.split(".")[0],
                                                       "land_version": land_core.__version__})
         (tmp / CONFIG_FILE).write_text(json.dumps(config.to_dict(), indent=2) + "\n", encoding="utf-8")
         (tmp / METADATA_FILE).write_text(json.dumps(metadata.to_dict(), indent=2) + "\n", encoding="utf-8")
+        for name, data in (extra_files or {}).items():
+            (tmp / name).write_bytes(data)
         _fsync_tree(tmp)
         if target.exists():
             old = target.with_name(f".{target.name}.old-{uuid.uuid4().hex[:8]}")

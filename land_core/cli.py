@@ -147,7 +147,8 @@ _REGISTRARS: list[Callable[[argparse._SubParsersAction], None]] = [_add_phantom,
 
 #: Modules that add their own sub-commands: each defines ``register_cli(subparsers)``.
 #: (Append a module here to add its commands; importing it stays lazy until `land` runs.)
-_COMMAND_MODULES: list[str] = ["land_core.data.lidc", "land_core.data.lungs", "land_core.data.ingest", "land_core.generate_cli", "land_core.train.cli"]
+_COMMAND_MODULES: list[str] = ["land_core.data.lidc", "land_core.data.lungs", "land_core.data.ingest",
+                               "land_core.generate_cli", "land_core.train.cli", "land_core.checkpoint_cli"]
 
 
 def build_parser() -> argparse.ArgumentParser:

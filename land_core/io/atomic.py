@@ -26,7 +26,8 @@ def _suffixes(path: Path) -> str:
     return path.suffix
 
 
-def _umask() -> int:
+def current_umask() -> int:
+    """The process umask (read by setting and restoring it: there is no getter)."""
     current = os.umask(0o022)
     os.umask(current)
     return current
@@ -50,7 +51,7 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
     try:
         mode = target.stat().st_mode & 0o777
     except FileNotFoundError:
-        mode = 0o666 & ~_umask()
+        mode = 0o666 & ~current_umask()
     os.chmod(tmp, mode)
     try:
         yield tmp

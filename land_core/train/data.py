@@ -60,8 +60,8 @@ def torch_generator(seed: int, stream: int, index: int) -> torch.Generator:
     return torch.Generator().manual_seed(derived_seed(seed, stream, index))
 
 
-def _image_shape(path: Path) -> tuple[int, int, int]:
-    """``(z, y, x)`` size from the image header, without reading the voxels."""
+def _image_header(path: Path) -> tuple[tuple[int, int, int], tuple[float, float, float]]:
+    """``(z, y, x)`` size and ``(x, y, z)`` spacing (mm) from the image header, without reading the voxels."""
     import SimpleITK as sitk
 
     reader = sitk.ImageFileReader()
@@ -71,16 +71,19 @@ def _image_shape(path: Path) -> tuple[int, int, int]:
     except RuntimeError:
         raise ImageFileError(path, "not a readable image") from None
     size = reader.GetSize()
-    return (int(size[2]), int(size[1]), int(size[0])) if len(size) == 3 else tuple(size)[::-1]  # type: ignore[return-value]
+    spacing = tuple(float(v) for v in reader.GetSpacing())
+    shape = (int(size[2]), int(size[1]), int(size[0])) if len(size) == 3 else tuple(size)[::-1]
+    return shape, spacing  # type: ignore[return-value]
 
 
 @dataclass(frozen=True)
 class TrainingCase:
-    """One usable case: its manifest entry and its ``(z, y, x)`` size."""
+    """One usable case: its manifest entry, its ``(z, y, x)`` size and ``(x, y, z)`` spacing in mm."""
 
     id: str
     entry: CaseEntry
     shape: tuple[int, int, int]
+    spacing: tuple[float, float, float] = (1.0, 1.0, 1.0)
 
 
 class TrainingSet:
@@ -165,7 +168,7 @@ def open_training_set(
     cases: list[TrainingCase] = []
     for entry in manifest.cases:
         try:
-            shape = _image_shape(entry.ct)
+            shape, spacing = _image_header(entry.ct)
         except ImageFileError as exc:
             problems.append(f"case {entry.id!r}: {exc}")
             continue
@@ -175,7 +178,7 @@ def open_training_set(
         elif divisible_by > 1 and any(s % divisible_by for s in shape):
             problems.append(f"case {entry.id!r}: the CT is {shape[2]}x{shape[1]}x{shape[0]} voxels; {what} needs "
                             f"sizes divisible by {divisible_by} (crop or pad the volumes)")
-        cases.append(TrainingCase(entry.id, entry, shape))
+        cases.append(TrainingCase(entry.id, entry, shape, spacing))
     if same_shape and not problems and len({c.shape for c in cases}) > 1:
         sizes = sorted({c.shape for c in cases})
         problems.append(f"{what} on whole volumes with a batch of several needs one size for all cases; found "
@@ -414,9 +417,28 @@ def reference_statistics(data: TrainingSet) -> dict[str, Any]:
             "lung_median_hu": float(np.median(lung_medians)) if lung_medians else None}
 
 
+def model_grid(data: TrainingSet, multiple: int = 1) -> tuple[int, float]:
+    """The model's generation grid learned from the data: ``(voxels per axis, isotropic spacing in mm)``.
+
+    A checkpoint stores it (``image_size``, ``image_spacing``) so that generation plans its field of
+    view as the model saw it: the most common largest edge of the cases' CTs, rounded up to
+    ``multiple`` (what the networks can take), at the median voxel size. A model trained on 128^3
+    phantoms at 2 mm thus generates on a 256 mm cube of 128 voxels, not on LAND's 256^3 at 1 mm.
+    """
+    if not data.cases:
+        raise ValueError("model_grid: the training set has no cases")
+    edges = [max(c.shape) for c in data.cases]
+    values, counts = np.unique(edges, return_counts=True)
+    edge = int(values[int(np.argmax(counts))])
+    size = -(-edge // multiple) * multiple
+    spacing = float(np.median([np.mean(c.spacing) for c in data.cases]))
+    return size, round(spacing, 6)
+
+
 def data_summary(data: TrainingSet) -> dict[str, Any]:
     """What the checkpoint's metadata says about the training data."""
     doc = data.manifest.doc
     return {"manifest": str(data.manifest.root), "source": doc.get("source", ""), "cases": len(data),
             "case_ids": [c.id for c in data.cases][:1000],
-            "sizes": sorted({"x".join(map(str, c.shape[::-1])) for c in data.cases})}
+            "sizes": sorted({"x".join(map(str, c.shape[::-1])) for c in data.cases}),
+            "spacings_mm": sorted({"x".join(f"{v:g}" for v in c.spacing) for c in data.cases})[:20]}

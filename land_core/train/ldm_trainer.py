@@ -62,6 +62,7 @@ from land_core.train.data import (
     LatentDataset,
     data_summary,
     derived_seed,
+    model_grid,
     reference_statistics,
     torch_generator,
 )
@@ -350,8 +351,10 @@ class LatentDiffusionTrainer(StageTrainer):
 
     def checkpoint_payload(self) -> CheckpointPayload:
         cfg = self.cfg
+        size, spacing = model_grid(self.data, self.factor * cfg.model.size_multiple)
         config = LatentDiffusionConfig(vae=self.vae_config, unet=cfg.model, diffusion=cfg.diffusion,
-                                       intensity=self.config.intensity, latent_scale_factor=self.scale)
+                                       intensity=self.config.intensity, latent_scale_factor=self.scale,
+                                       image_size=size, image_spacing=spacing)
         meta = CheckpointMetadata(
             description=f"LAND Studio latent diffusion model ({self.config.preset} preset)",
             vae_steps=self.vae_steps, unet_steps=self.step, training_data=data_summary(self.data),

@@ -132,6 +132,9 @@ def test_run_folder_and_checkpoints_load(reference_run):
     state = json.loads((out / "ldm" / "checkpoints" / "step_000004" / "training_state.json").read_text())
     assert final.config.latent_scale_factor == pytest.approx(state["extra"]["latent_scale_factor"])
     assert 0.2 < final.config.latent_scale_factor < 5.0
+    # the model's grid is the data's (32^3 phantoms at 8 mm), not LAND's 256^3 at 1 mm
+    assert (final.config.image_size, final.config.image_spacing) == (32, 8.0)
+    assert final.metadata.training_data["spacings_mm"] == ["8x8x8"]
     # the LDM was trained on the VAE just trained: same weights
     trained_vae = load_file(str(out / "vae" / "checkpoints" / "step_000004" / "vae.safetensors"))
     assert all(torch.equal(v, final.vae.state_dict()[k]) for k, v in trained_vae.items())

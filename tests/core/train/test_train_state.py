@@ -69,3 +69,18 @@ def test_case_order_is_a_seeded_permutation_per_epoch():
     assert [CaseOrder(5, seed=3).case(g) for g in range(10)] == first + second
     assert order.describe(7)["epoch"] == 1 and order.describe(7)["position"] == 2
     assert derived_seed(0, 1, 2) != derived_seed(0, 2, 1) and derived_seed(0, 1, 2) == derived_seed(0, 1, 2)
+
+
+def test_model_grid_is_the_most_common_edge_at_the_median_spacing():
+    from types import SimpleNamespace
+
+    from land_core.train.data import TrainingCase, model_grid
+
+    def case(shape, spacing):
+        return TrainingCase("c", None, shape, spacing)  # type: ignore[arg-type]
+
+    data = SimpleNamespace(cases=[case((128, 128, 128), (2.0, 2.0, 2.0)), case((128, 120, 128), (2.0, 2.0, 2.0)),
+                                  case((96, 96, 96), (1.5, 1.5, 1.5))])
+    assert model_grid(data) == (128, 2.0)
+    data = SimpleNamespace(cases=[case((100, 100, 100), (1.0, 1.0, 1.0))])
+    assert model_grid(data, multiple=64) == (128, 1.0)  # rounded up to what the networks take
