@@ -72,7 +72,7 @@ CancelFn = Callable[[], bool]
 
 #: Default number of steps of the fast samplers (DDPM defaults to the training T, 1000 for LAND).
 DEFAULT_STEPS = 25
-#: Where a bundled demo model would live (none is shipped yet).
+#: The bundled demo model (trained on phantoms; see its README.md), used when no checkpoint is named.
 DEMO_MODEL_DIR = Path(__file__).resolve().parents[1] / "resources" / "models" / "demo"
 #: Peak memory of a whole VAE decode, in float32 activations of the top decoder level
 #: (channels[0] x voxels): measured ~7 for the demo preset at 128^3 (benchmarks/bench_vae_decode.py).
@@ -277,7 +277,8 @@ def default_checkpoint() -> Path:
         return DEMO_MODEL_DIR
     raise LandError(
         f"no checkpoint named and no bundled demo model found (looked in {DEMO_MODEL_DIR}); "
-        "train one with `land train` (coming) or name one with --checkpoint"
+        "name a checkpoint with --checkpoint, or train one with `land train` (a fresh clone of LAND Studio "
+        "has the demo model there)"
     )
 
 

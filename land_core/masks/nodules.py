@@ -295,3 +295,20 @@ def load_nodules(path: str | os.PathLike) -> list[NoduleSpec]:
         except TypeError as exc:
             raise MaskError(f"{p}: nodule #{i + 1}: {exc}") from None
     return specs
+
+
+def deepest_point_mm(mask: Volume, label: int | None = None) -> tuple[float, float, float]:
+    """The world point (mm) of ``mask`` (voxels > 0, or == ``label``) farthest from its boundary.
+
+    Where a nodule of any size fits best inside a lung: a lung's centroid can lie outside it (a
+    crescent), its deepest point cannot. Distances are in mm (SciPy's exact Euclidean distance
+    transform with the voxel spacing).
+    """
+    from scipy.ndimage import distance_transform_edt
+
+    inside = mask.array > 0 if label is None else mask.array == label
+    if not inside.any():
+        raise MaskError(f"the mask has no voxel {'> 0' if label is None else f'== {label}'}")
+    dist = distance_transform_edt(np.pad(inside, 1), sampling=tuple(mask.spacing[::-1]))[1:-1, 1:-1, 1:-1]
+    k, j, i = np.unravel_index(int(np.argmax(dist)), dist.shape)
+    return tuple(float(v) for v in mask.index_to_world([i, j, k]))  # type: ignore[return-value]

@@ -264,15 +264,16 @@ def _presets() -> dict[str, TrainConfig]:
     )
     # The demo: about two hours on a 2-core CPU with 128^3 phantoms at 2 mm. Measured (2 threads,
     # benchmarks/results/train_cpu.json): VAE step on a 48^3 patch ~0.8 s (adversarial phase
-    # included), LDM step on a whole 4x32^3 latent ~0.7 s, so 3000 VAE steps (~40 min) and 6000 LDM
-    # steps (~70 min), plus checkpoints, samples and the latent cache (a few minutes).
+    # included), LDM step on a whole 4x32^3 latent ~0.7 s, so 3000 VAE steps (~50 min measured in
+    # the run that made resources/models/demo) and 5000 LDM steps (~60 min), plus checkpoints,
+    # samples and the latent cache (a few minutes). That run's times are in the model's README.
     demo = TrainConfig(
         preset="demo",
         run=RunConfig(data_cache_cases=32),
         vae=VAETrainConfig(model=vae_preset("demo"), patch_size=48, steps=3000, warmup_steps=100,
                            adversarial_start=1000, disc_channels=16, disc_layers=3, checkpoint_every=250,
                            sample_every=1000, log_every=10),
-        ldm=LDMTrainConfig(model=unet_preset("demo"), lr=1e-4, steps=6000, warmup_steps=200, ema_decay=0.999,
+        ldm=LDMTrainConfig(model=unet_preset("demo"), lr=1e-4, steps=5000, warmup_steps=200, ema_decay=0.999,
                            scale_cases=8, checkpoint_every=250, sample_every=1000, sample_steps=20, log_every=10),
     )
     # For tests: a few thousand parameters, 16^3 patches, a 3-level U-Net so that 32^3 volumes

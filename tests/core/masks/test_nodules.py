@@ -98,3 +98,22 @@ def test_nodule_list_round_trip_and_errors(tmp_path):
     (tmp_path / "broken.json").write_text("{")
     with pytest.raises(MaskError, match="broken.json: not a valid JSON"):
         load_nodules(tmp_path / "broken.json")
+
+
+def test_deepest_point_is_inside_a_crescent():
+    import pytest
+
+    from land_core.errors import MaskError
+    from land_core.masks.nodules import deepest_point_mm
+
+    zz, yy, xx = np.mgrid[0:20, 0:40, 0:40]
+    outer = (yy - 20) ** 2 + (xx - 20) ** 2 < 18 ** 2
+    inner = (yy - 20) ** 2 + (xx - 28) ** 2 < 14 ** 2
+    crescent = (outer & ~inner & (zz > 2) & (zz < 17)).astype(np.uint8)
+    vol = Volume(crescent * 2, spacing=(1.0, 1.0, 2.0), origin=(-20.0, -20.0, 0.0))
+    point = deepest_point_mm(vol, label=2)
+    i, j, k = np.rint(vol.world_to_index(point)).astype(int)
+    assert crescent[k, j, i] == 1  # the centroid of the crescent is not: it lies in the hole
+    assert 0.0 <= point[0] + 20 <= 13  # in the thick left part of the crescent, in mm
+    with pytest.raises(MaskError, match="no voxel == 1"):
+        deepest_point_mm(vol, label=1)
