@@ -61,7 +61,7 @@ def checkpoint_summary(folder: Path) -> dict[str, Any]:
 
 
 def export_checkpoint(source: Path, out: Path, *, dtype: str = "float32", card: Path | None = None,
-                      use_ema: bool = True, overwrite: bool = False) -> Path:
+                      use_ema: bool = True, overwrite: bool = False, guidance: float | None = None) -> Path:
     """Write the release checkpoint ``out`` from ``source`` (a checkpoint or run folder); see the module."""
     import torch
 
@@ -85,7 +85,11 @@ def export_checkpoint(source: Path, out: Path, *, dtype: str = "float32", card: 
     meta = ckpt.metadata
     meta.extra = {**meta.extra, "export": {
         "source": str(folder), "unet_weights": "ema" if unet is ckpt.unet_ema else "raw",
-        "stored_dtype": dtype, "software": f"land checkpoint export"}}
+        "stored_dtype": dtype, "software": "land checkpoint export"}}
+    if guidance is not None:
+        if not guidance > 0:
+            raise LandError(f"--recommend-guidance must be positive, got {guidance}")
+        meta.extra["recommended"] = {**meta.extra.get("recommended", {}), "guidance_scale": float(guidance)}
     return save_checkpoint(out, ckpt.config, ckpt.vae, unet=unet, unet_ema=None, metadata=meta, overwrite=overwrite,
                            dtype=None if dtype == "float32" else getattr(torch, dtype), extra_files=extra_files)
 
@@ -103,7 +107,7 @@ def _cmd_info(args: argparse.Namespace) -> int:
 
 def _cmd_export(args: argparse.Namespace) -> int:
     out = export_checkpoint(args.source, args.out, dtype=args.dtype, card=args.card, use_ema=not args.raw,
-                            overwrite=args.overwrite)
+                            overwrite=args.overwrite, guidance=args.recommend_guidance)
     print(f"wrote {out} ({_folder_bytes(out) / 2**20:.1f} MB)")
     return 0
 
@@ -125,5 +129,7 @@ def register_cli(sub: argparse._SubParsersAction) -> None:
                    help="how the weights are stored (default float32; float16 halves the size)")
     e.add_argument("--card", type=Path, default=None, help="model card (Markdown) to put in the folder as README.md")
     e.add_argument("--raw", action="store_true", help="export the raw U-Net weights instead of the EMA")
+    e.add_argument("--recommend-guidance", type=float, default=None, metavar="G",
+                   help="the guidance scale `land generate` uses with this model when --guidance is not given")
     e.add_argument("--overwrite", action="store_true", help="replace OUT if it exists")
     e.set_defaults(func=_cmd_export)

@@ -37,10 +37,27 @@ def _tile_arg(value: str) -> int | str | None:
         raise ConfigError(f"--decode-tile must be auto, none or a number of latent voxels, got {value!r}") from None
 
 
-def _settings(args: argparse.Namespace, seed: int) -> "GenerationSettings":
+def recommended_guidance(checkpoint: Path) -> float:
+    """The guidance scale the checkpoint's metadata recommends (``extra.recommended.guidance_scale``), else 1.
+
+    A model card measures which scale makes its nodules match their textures (the demo model's
+    does); ``--guidance`` overrides it.
+    """
+    from land_core.checkpoint import read_checkpoint_info
+
+    _, meta = read_checkpoint_info(checkpoint)
+    recommended = meta.extra.get("recommended") if isinstance(meta.extra, dict) else None
+    value = recommended.get("guidance_scale") if isinstance(recommended, dict) else None
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not value > 0:
+        return 1.0
+    return float(value)
+
+
+def _settings(args: argparse.Namespace, seed: int, checkpoint: Path) -> "GenerationSettings":
     from land_core.generate import GenerationSettings
 
-    return GenerationSettings(sampler=args.sampler, steps=args.steps, seed=seed, guidance_scale=args.guidance,
+    guidance = args.guidance if args.guidance is not None else recommended_guidance(checkpoint)
+    return GenerationSettings(sampler=args.sampler, steps=args.steps, seed=seed, guidance_scale=guidance,
                               device=args.device, decode_tile_size=_tile_arg(args.decode_tile))
 
 
@@ -100,7 +117,8 @@ def _cmd_generate(args: argparse.Namespace) -> int:
     choice = resolve_device(args.device)
     ckpt = load_checkpoint(ckpt_path, device=choice.device)  # once, for every variation
     for index, seed in share:
-        events = generate(ckpt, condition=condition, lungs=lungs, nodules=nodules, settings=_settings(args, seed))
+        events = generate(ckpt, condition=condition, lungs=lungs, nodules=nodules,
+                          settings=_settings(args, seed, ckpt_path))
         desc = f"seed {seed}" + (f" ({index + 1}/{args.n})" if args.n > 1 else "")
         result = run_with_progress_bar(events, desc, args.quiet)
         path = write_ct(result, variation_path(args.out, index, args.n))
@@ -124,7 +142,8 @@ def _cmd_inpaint(args: argparse.Namespace) -> int:
     ct = read_volume(args.ct)
     lungs = read_mask(args.lungs) if args.lungs is not None else None
     nodules = load_nodules(args.nodules)
-    events = inpaint(ckpt_path, ct, nodules, lungs=lungs, settings=_settings(args, args.seed), margin_mm=args.margin_mm)
+    events = inpaint(ckpt_path, ct, nodules, lungs=lungs, settings=_settings(args, args.seed, ckpt_path),
+                     margin_mm=args.margin_mm)
     result = run_with_progress_bar(events, f"inpaint (seed {args.seed})", args.quiet)
     print(f"wrote {write_ct(result, args.out)}")
     return 0
@@ -139,8 +158,9 @@ def _add_common(p: argparse.ArgumentParser) -> None:
     p.add_argument("--steps", type=int, default=None,
                    help="sampler steps (default 25; ddpm: the model's training steps, 1000)")
     p.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
-    p.add_argument("--guidance", type=float, default=1.0,
-                   help="classifier-free guidance scale (default 1: no guidance, one network pass per step)")
+    p.add_argument("--guidance", type=float, default=None,
+                   help="classifier-free guidance scale (default: what the checkpoint recommends, else 1: no "
+                        "guidance, one network pass per step; the demo model recommends 4)")
     p.add_argument("--device", default="auto", help="auto (default: CUDA, else MPS, else CPU), cpu, cuda, cuda:N, mps")
     p.add_argument("--decode-tile", default="auto",
                    help="VAE decode: auto (whole when it fits in memory, else halo tiles), none, or a tile edge in "

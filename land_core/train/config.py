@@ -264,9 +264,9 @@ def _presets() -> dict[str, TrainConfig]:
     )
     # The demo: about two hours on a 2-core CPU with 128^3 phantoms at 2 mm. Measured (2 threads,
     # benchmarks/results/train_cpu.json): VAE step on a 48^3 patch ~0.8 s (adversarial phase
-    # included), LDM step on a whole 4x32^3 latent ~0.7 s, so 3000 VAE steps (~50 min measured in
-    # the run that made resources/models/demo) and 5000 LDM steps (~60 min), plus checkpoints,
-    # samples and the latent cache (a few minutes). That run's times are in the model's README.
+    # included), LDM step on a whole 4x32^3 latent ~0.7 s. The run that made resources/models/demo
+    # (64 phantoms) took 50 min for the 3000 VAE steps and 75 min for the 5000 LDM steps (~0.9 s a
+    # step with checkpoints, validation and samples), 2 h 5 min in all; see that model's README.
     demo = TrainConfig(
         preset="demo",
         run=RunConfig(data_cache_cases=32),

@@ -70,3 +70,13 @@ def test_export_refuses_what_it_cannot_do(trained, tmp_path, capsys):
     assert not (tmp_path / "y").exists()
     assert main(["checkpoint", "info", str(tmp_path)]) == 2
     assert "neither a checkpoint folder" in capsys.readouterr().err
+
+
+def test_a_recommended_guidance_is_what_land_generate_uses_by_default(trained, tmp_path):
+    from land_core.generate_cli import recommended_guidance
+
+    out = tmp_path / "release"
+    assert main(["checkpoint", "export", str(trained), str(out), "--recommend-guidance", "4"]) == 0
+    assert load_checkpoint(out).metadata.extra["recommended"] == {"guidance_scale": 4.0}
+    assert recommended_guidance(out) == 4.0 and recommended_guidance(trained) == 1.0
+    assert main(["checkpoint", "export", str(trained), str(tmp_path / "bad"), "--recommend-guidance", "0"]) == 2
