@@ -357,11 +357,11 @@ def test_cli_rank_writes_its_share_and_dicom_output(files, lungs, monkeypatch):
     assert "SYNTHETIC" in reader.GetMetaData("0008|103e").upper()
 
 
-def test_cli_errors_are_one_line(files, capsys):
-    from land_core.generate import DEMO_MODEL_DIR
+def test_cli_errors_are_one_line(files, capsys, monkeypatch, tmp_path):
+    import land_core.generate as generate_module
 
-    if (DEMO_MODEL_DIR / "config.json").exists():
-        pytest.skip("a bundled demo model exists")
+    missing = tmp_path / "resources" / "models" / "demo"  # an installation without the bundled model
+    monkeypatch.setattr(generate_module, "DEMO_MODEL_DIR", missing)
     out = files["root"] / "none.nii.gz"
     assert main(["generate", "--lungs", str(files["lungs"]), "--out", str(out), "--device", "cpu"]) == 2
     err = capsys.readouterr().err
