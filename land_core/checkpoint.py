@@ -208,6 +208,21 @@ class CheckpointMetadata:
     def from_dict(cls, data: dict[str, Any]) -> "CheckpointMetadata":
         return config_from_dict(cls, data, "metadata")
 
+    @property
+    def recommended_guidance(self) -> float:
+        """The guidance scale this model's card recommends (``extra.recommended.guidance_scale``), else 1."""
+        recommended = self.extra.get("recommended")
+        value = recommended.get("guidance_scale") if isinstance(recommended, dict) else None
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or not value > 0:
+            return 1.0
+        return float(value)
+
+    def recommend_guidance(self, scale: float) -> None:
+        """Record the guidance scale generation should use with this model when none is asked for."""
+        if not scale > 0:
+            raise ValueError(f"a recommended guidance scale must be positive, got {scale}")
+        self.extra = {**self.extra, "recommended": {**self.extra.get("recommended", {}), "guidance_scale": float(scale)}}
+
 
 # ---------------------------------------------------------------------------------- save
 

@@ -23,12 +23,6 @@ from land_core.errors import CheckpointError, LandError
 _DTYPES = ("float32", "float16", "bfloat16")
 
 
-def _source(path: Path) -> Path:
-    from land_core.train.rundir import resolve_checkpoint
-
-    return resolve_checkpoint(path)
-
-
 def _folder_bytes(folder: Path) -> int:
     return sum(p.stat().st_size for p in folder.iterdir() if p.is_file())
 
@@ -66,10 +60,13 @@ def export_checkpoint(source: Path, out: Path, *, dtype: str = "float32", card: 
     import torch
 
     from land_core.checkpoint import load_checkpoint, save_checkpoint
+    from land_core.train.rundir import resolve_checkpoint
 
     if dtype not in _DTYPES:
         raise LandError(f"--dtype must be one of {', '.join(_DTYPES)}, got {dtype!r}")
-    folder = _source(source)
+    if guidance is not None and not guidance > 0:
+        raise LandError(f"--recommend-guidance must be positive, got {guidance}")
+    folder = resolve_checkpoint(source)
     ckpt = load_checkpoint(folder)
     if ckpt.unet is None:
         raise CheckpointError(folder, "holds no U-Net (a VAE-only checkpoint): train the LDM stage before exporting")
@@ -87,15 +84,15 @@ def export_checkpoint(source: Path, out: Path, *, dtype: str = "float32", card: 
         "source": str(folder), "unet_weights": "ema" if unet is ckpt.unet_ema else "raw",
         "stored_dtype": dtype, "software": "land checkpoint export"}}
     if guidance is not None:
-        if not guidance > 0:
-            raise LandError(f"--recommend-guidance must be positive, got {guidance}")
-        meta.extra["recommended"] = {**meta.extra.get("recommended", {}), "guidance_scale": float(guidance)}
+        meta.recommend_guidance(guidance)
     return save_checkpoint(out, ckpt.config, ckpt.vae, unet=unet, unet_ema=None, metadata=meta, overwrite=overwrite,
                            dtype=None if dtype == "float32" else getattr(torch, dtype), extra_files=extra_files)
 
 
 def _cmd_info(args: argparse.Namespace) -> int:
-    summary = checkpoint_summary(_source(args.checkpoint))
+    from land_core.train.rundir import resolve_checkpoint
+
+    summary = checkpoint_summary(resolve_checkpoint(args.checkpoint))
     if args.json:
         print(json.dumps(summary))
     else:

@@ -38,19 +38,13 @@ def _tile_arg(value: str) -> int | str | None:
 
 
 def recommended_guidance(checkpoint: Path) -> float:
-    """The guidance scale the checkpoint's metadata recommends (``extra.recommended.guidance_scale``), else 1.
+    """The guidance scale the checkpoint recommends (:attr:`CheckpointMetadata.recommended_guidance`), else 1.
 
-    A model card measures which scale makes its nodules match their textures (the demo model's
-    does); ``--guidance`` overrides it.
+    Read from ``metadata.json`` alone, without the weights; ``--guidance`` overrides it.
     """
     from land_core.checkpoint import read_checkpoint_info
 
-    _, meta = read_checkpoint_info(checkpoint)
-    recommended = meta.extra.get("recommended") if isinstance(meta.extra, dict) else None
-    value = recommended.get("guidance_scale") if isinstance(recommended, dict) else None
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not value > 0:
-        return 1.0
-    return float(value)
+    return read_checkpoint_info(checkpoint)[1].recommended_guidance
 
 
 def _settings(args: argparse.Namespace, seed: int, checkpoint: Path) -> "GenerationSettings":
